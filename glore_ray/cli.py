@@ -1,0 +1,86 @@
+"""`glore <command> CONFIG [key=value ...]` — thin: parse, validate, call the stage functions.
+
+Exit codes: 0 ok, 1 a stage failed, 2 bad input (config, overrides, missing file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from glore_ray.config import ConfigError, RunConfig, load_config
+from glore_ray.pipeline import STAGE_NAMES
+
+COMMANDS = {
+    "run": "every stage in order, skipping finished ones",
+    "validate": "check a config and print it resolved",
+    **{name: f"run the {name} stage (its inputs must exist)" for name in STAGE_NAMES},
+    "serve": "start the refine-and-rerank HTTP service (foreground)",
+    "plan": "estimate rollouts, tokens and GPU-hours per stage before submitting",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glore", description="GLoRe on Ray: ORM, SORM, refiners.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_ in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("config", help="run config YAML (e.g. configs/embedded.yaml)")
+        sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.k_rollouts=4")
+        if name in STAGE_NAMES:
+            sp.add_argument("--force", action="store_true", help="rerun even if already done")
+    return p
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def dispatch(command: str, cfg: RunConfig, force: bool = False) -> int:
+    from glore_ray import pipeline
+
+    if command == "validate":
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        print(f"config OK: run folder {cfg.run_dir}")
+        return 0
+    if command == "run":
+        pipeline.run_all(cfg, _log)
+        return 0
+    if command in STAGE_NAMES:
+        pipeline.save_config(cfg)
+        summary = pipeline.run_stage(cfg, command, _log, force=force)
+        return 0 if summary is not None else 3
+    if command == "serve":
+        from glore_ray.serve.app import serve_foreground
+
+        return serve_foreground(cfg)
+    if command == "plan":
+        from glore_ray.plan import print_plan
+
+        print_plan(cfg)
+        return 0
+    raise AssertionError(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"glore: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return dispatch(args.command, cfg, getattr(args, "force", False))
+    except (FileNotFoundError, ConfigError) as e:
+        print(f"glore: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("glore: interrupted; finished stages are kept and will be skipped on rerun",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

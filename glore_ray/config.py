@@ -1,0 +1,245 @@
+"""One validated run config: a tree of small pydantic models, read from YAML, with dotted overrides.
+
+    cfg = load_config("configs/embedded.yaml", ["rollout.k_rollouts=4", "seed=1"])
+
+Unknown keys and bad values raise ``ConfigError`` whose message names the key; the CLI prints it
+as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Strict):
+    """The GSM8K-shaped synthetic world (DESIGN §3)."""
+
+    min_ops: int = Field(2, ge=1, le=8)
+    max_ops: int = Field(4, ge=1, le=8)
+    min_operand: int = Field(2, ge=1)
+    max_operand: int = Field(99, ge=2)
+    max_value: int = Field(999, ge=10)
+    ops: list[Literal["add", "sub", "mul", "div"]] = ["add", "sub", "mul", "div"]
+    n_train: int = Field(20000, ge=1)
+    n_test: int = Field(300, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SyntheticConfig":
+        if self.min_ops > self.max_ops:
+            raise ValueError("min_ops must be <= max_ops")
+        if self.min_operand >= self.max_operand:
+            raise ValueError("min_operand must be < max_operand")
+        return self
+
+
+class DataConfig(_Strict):
+    source: Literal["synthetic", "gsm8k_jsonl", "gsm8k_hub"] = "synthetic"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    # gsm8k_jsonl: folder holding train.jsonl / test.jsonl (default: ../shared/data/gsm8k)
+    path: str | None = None
+    hub_name: str = "openai/gsm8k"
+
+
+class PolicyConfig(_Strict):
+    """The base policy: a pretrained HF folder/hub id, or the tiny Llama trained on the world."""
+
+    model: str | None = None  # HF folder or hub id; None = build and train the tiny policy
+    shipped: bool = True  # use the checkpoint shipped in the package when its recipe matches
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    steps: int = Field(1600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    eval_questions: int = Field(300, ge=1)
+
+
+class RolloutConfig(_Strict):
+    """Sampling and per-step rollouts on a Ray Data actor pool."""
+
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    n_questions: int | None = Field(256, ge=1)  # train questions to sample (None = all)
+    k_samples: int = Field(8, ge=1)  # samples per question (ORM data)
+    k_rollouts: int = Field(8, ge=1)  # rollouts per step prefix (SORM labels)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(96, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    prefix_caching: bool = True
+    block_size: int = Field(32, ge=1)
+    kv_cache_gib: float = Field(2.0, gt=0)  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
+    enforce_eager: bool = True
+    batch_size: int = Field(16, ge=1)  # rows per map_batches call
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _pool(self) -> "RolloutConfig":
+        if self.min_actors > self.max_actors:
+            raise ValueError("min_actors must be <= max_actors")
+        return self
+
+
+class LabelConfig(_Strict):
+    monotone: bool = True
+    intermediate_check: bool = True
+    balance: bool = True
+    budgeted: bool = False  # binary search for the first negative step instead of every prefix
+    max_global_pairs_per_question: int = Field(4, ge=1)
+    max_local_pairs_per_question: int = Field(4, ge=1)
+    holdout_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class ModelTrainConfig(_Strict):
+    """Hyper-parameters of one of the four fine-tunes."""
+
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(16, ge=1)  # per worker, per micro-step
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    bf16: bool = False
+    checkpoint_every: int = Field(50, ge=1)
+    max_failures: int = Field(2, ge=0)
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    lora_rank: int = Field(0, ge=0)  # 0 = full fine-tune
+    deepspeed: dict[str, Any] = {}  # extra DeepSpeed config keys, merged over the generated ones
+    orm: ModelTrainConfig = ModelTrainConfig()
+    sorm: ModelTrainConfig = ModelTrainConfig()
+    global_refiner: ModelTrainConfig = ModelTrainConfig()
+    local_refiner: ModelTrainConfig = ModelTrainConfig()
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    when_threshold: float = Field(0.5, ge=0, le=1)
+    where_threshold: float = Field(0.5, ge=0, le=1)
+    default_mode: Literal["draft", "global", "local", "glore", "best_of_n"] = "glore"
+    always_refine: bool = True
+    generator_replicas: int = Field(1, ge=1)
+    reward_replicas: int = Field(1, ge=1)
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_question_chars: int = Field(4000, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    api_key_env: str = "GLORE_API_KEY"
+
+
+class EvaluateConfig(_Strict):
+    n_questions: int | None = Field(300, ge=1)  # test questions (None = all)
+    best_of: int = Field(3, ge=1)
+    n_plot_examples: int = Field(4, ge=0)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    policy: PolicyConfig = PolicyConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    label: LabelConfig = LabelConfig()
+    train: TrainConfig = TrainConfig()
+    serve: ServeConfig = ServeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (plus the seed): a stage's outputs are reused only
+        when the config that made them is the same."""
+        blob = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        blob["seed"] = self.seed
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"config key {key!r}: {msg}{more}"
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. rollout.k_rollouts=4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {p}{where}: not valid YAML") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+        tree = loaded
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None

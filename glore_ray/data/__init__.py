@@ -1,0 +1,5 @@
+"""Questions in, graded solutions out: GSM8K loading, the synthetic world and its oracle, the grader."""
+
+from glore_ray.data.grading import extract_answer, is_correct, split_steps, strip_calculator
+
+__all__ = ["extract_answer", "is_correct", "split_steps", "strip_calculator"]

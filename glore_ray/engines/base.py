@@ -1,0 +1,39 @@
+"""The one small interface both engines implement: generate ``n`` completions for each prompt."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+_FINAL_LINE = re.compile(r"^[ \t]*####[^\n]*", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_tokens: int = 96
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+
+
+def truncate_at_answer(text: str) -> str:
+    """Cut a completion at the end of its first ``#### n`` line: the answer ends the solution."""
+    m = _FINAL_LINE.search(text)
+    return text[: m.end()] if m else text
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+        """``len(prompts)`` lists of ``spec.n`` completions (continuations only, truncated at the
+        answer line)."""
+        ...

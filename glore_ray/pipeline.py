@@ -1,0 +1,174 @@
+"""Stage order, the run folder, and resume.
+
+Each stage is a function ``run(cfg, paths, log) -> dict`` (a small summary) in the module whose
+name says what it does. A stage's outputs live in its own folder with a ``_DONE.json`` naming the
+hash of every config section the stage (and everything upstream of it) depends on: rerunning a
+finished stage with the same config is a no-op, and changing, say, ``label.balance`` reruns
+label and everything after it, but not the rollouts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from glore_ray.config import RunConfig
+from glore_ray.records import write_json
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    target: str  # "module:function"
+    sections: tuple[str, ...]  # config sections this stage itself reads
+    what: str
+
+
+STAGES: list[Stage] = [
+    Stage("data", "glore_ray.data.questions:run", ("data",), "load or generate the questions"),
+    Stage("policy", "glore_ray.policy:stage", ("policy",), "the base policy model"),
+    Stage("sample", "glore_ray.rollout:run_sample", ("rollout",), "K samples per question"),
+    Stage("rollout", "glore_ray.rollout:run_rollout", (), "K rollouts per step prefix"),
+    Stage("label", "glore_ray.label:run", ("label",), "ORM/SORM labels and training sets"),
+    Stage("train", "glore_ray.train.stage:run", ("train",), "ORM, SORM and both refiners"),
+    Stage("evaluate", "glore_ray.evaluate:run", ("serve", "evaluate"), "the paper's tables"),
+]
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+class RunPaths:
+    """Where every stage reads and writes, under ``<output_dir>/<name>/``."""
+
+    def __init__(self, cfg: RunConfig):
+        self.root = cfg.run_dir
+
+    def stage(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def questions_train(self) -> Path:
+        return self.root / "data" / "train.parquet"
+
+    @property
+    def questions_test(self) -> Path:
+        return self.root / "data" / "test.parquet"
+
+    @property
+    def policy(self) -> Path:
+        return self.root / "policy" / "model"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "sample" / "samples.parquet"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.root / "rollout" / "rollouts.parquet"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "label" / "step_labels.parquet"
+
+    def training_set(self, which: str) -> Path:
+        """which: orm, sorm, global, local."""
+        return self.root / "label" / "sets" / which
+
+    def model(self, which: str) -> Path:
+        """which: orm, sorm, global, local."""
+        return self.root / "train" / which
+
+    @property
+    def report(self) -> Path:
+        return self.root / "evaluate"
+
+
+def stage_hash(cfg: RunConfig, name: str) -> str:
+    """Hash of the sections read by this stage and all stages before it."""
+    sections: list[str] = []
+    for s in STAGES:
+        sections += [x for x in s.sections if x not in sections]
+        if s.name == name:
+            break
+    return cfg.section_hash(*sections)
+
+
+def is_done(cfg: RunConfig, paths: RunPaths, name: str) -> bool:
+    marker = paths.stage(name) / "_DONE.json"
+    return marker.exists() and json.loads(marker.read_text()).get("hash") == stage_hash(cfg, name)
+
+
+def mark_done(cfg: RunConfig, paths: RunPaths, name: str, summary: dict, seconds: float) -> None:
+    write_json(paths.stage(name) / "_DONE.json",
+               {"hash": stage_hash(cfg, name), "seconds": round(seconds, 2), "summary": summary})
+
+
+def resolve(stage: Stage) -> Callable | None:
+    """The stage function, or None when that stage has not been built in this version."""
+    module, func = stage.target.split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == module or module.startswith(e.name + ".")):
+            return None
+        raise
+    return getattr(mod, func, None)
+
+
+def run_stage(cfg: RunConfig, name: str, log=print, force: bool = False) -> dict | None:
+    """Run one stage (skipping it when already done for this config). None = not built yet."""
+    stage = next(s for s in STAGES if s.name == name)
+    paths = RunPaths(cfg)
+    if not force and is_done(cfg, paths, name):
+        log(f"[{name}] already done for this config: skipped")
+        return json.loads((paths.stage(name) / "_DONE.json").read_text())["summary"]
+    fn = resolve(stage)
+    if fn is None:
+        log(f"[{name}] NOT BUILT YET in this version ({stage.what}); stopping here")
+        return None
+    for s in STAGES[: STAGE_NAMES.index(name)]:
+        if not is_done(cfg, paths, s.name):
+            raise RuntimeError(f"stage {name!r} needs stage {s.name!r} first "
+                               f"(run `glore {s.name}` or `glore run`)")
+    # A stage that was interrupted or made for another config starts from a clean folder.
+    if paths.stage(name).exists():
+        shutil.rmtree(paths.stage(name))
+    paths.stage(name).mkdir(parents=True)
+    log(f"[{name}] {stage.what} ...")
+    t0 = time.time()
+    summary = fn(cfg, paths, log) or {}
+    seconds = time.time() - t0
+    mark_done(cfg, paths, name, summary, seconds)
+    log(f"[{name}] done in {seconds:.1f}s")
+    return summary
+
+
+def save_config(cfg: RunConfig) -> Path:
+    path = cfg.run_dir / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def run_all(cfg: RunConfig, log=print, until: str | None = None) -> dict:
+    """Every stage in order; finished ones are skipped. Returns {stage: summary}."""
+    save_config(cfg)
+    summaries: dict = {}
+    for s in STAGES:
+        summary = run_stage(cfg, s.name, log)
+        if summary is None:
+            missing = STAGE_NAMES[STAGE_NAMES.index(s.name):]
+            log(f"pipeline: ran {STAGE_NAMES[:STAGE_NAMES.index(s.name)]}; "
+                f"not built yet: {missing}. No results are reported for those stages.")
+            summaries["not_built"] = missing
+            break
+        summaries[s.name] = summary
+        if s.name == until:
+            break
+    return summaries

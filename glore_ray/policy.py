@@ -1,0 +1,199 @@
+"""The tiny base policy of the embedded default: a Llama of ~0.9M parameters, trained on the
+synthetic world's gold solutions until it is right on roughly half the held-out questions and wrong
+mostly at intermediate steps (carries and borrows) — the regime in which GLoRe's refinements matter.
+
+The recipe (DESIGN §3, calibrated on 2 cores): AdamW lr 1e-3, betas (0.9, 0.98), weight decay 0.1
+on matrices, clip 1.0, 50 warm-up steps then cosine to 1e-4, batch 32, 1,600 steps, batches grouped
+by length, loss on answer tokens only. A trained checkpoint ships in ``glore_ray/assets/policy``
+with the hash of its recipe; the stage reuses it when the config asks for the same recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from glore_ray.config import RunConfig
+from glore_ray.data import synthetic
+from glore_ray.data.grading import is_correct
+from glore_ray.engines.base import SamplingSpec
+from glore_ray.engines.hf import HFEngine
+from glore_ray.prompts import policy_prompt
+from glore_ray.records import Question, write_json
+from glore_ray.tokenizer import build_tokenizer
+
+ASSETS = Path(__file__).parent / "assets" / "policies"
+_NOT_RECIPE = {"model", "shipped", "eval_questions"}
+
+
+def recipe_hash(cfg: RunConfig) -> str:
+    """What determines the trained policy: the world, the architecture, the schedule, the seed."""
+    import hashlib
+
+    blob = {"policy": cfg.policy.model_dump(mode="json", exclude=_NOT_RECIPE),
+            "world": cfg.data.synthetic.model_dump(mode="json"), "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_model(cfg: RunConfig, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    p = cfg.policy
+    mcfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.num_layers, num_attention_heads=p.num_heads,
+        num_key_value_heads=p.num_heads, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(mcfg)
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """(prompt, target) -> (token ids ending in EOS, number of prompt tokens)."""
+    out = []
+    for prompt, target in pairs:
+        p_ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt + target)["input_ids"] + [tokenizer.eos_token_id]
+        out.append((ids, len(p_ids)))
+    return out
+
+
+def _batches(encoded, batch_size: int, rng: random.Random):
+    """Length-grouped batches: shuffle, sort within chunks of 50 batches, shuffle the batches."""
+    idx = list(range(len(encoded)))
+    while True:
+        rng.shuffle(idx)
+        chunk = batch_size * 50
+        groups = []
+        for s in range(0, len(idx), chunk):
+            part = sorted(idx[s : s + chunk], key=lambda i: len(encoded[i][0]))
+            groups += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+        rng.shuffle(groups)
+        yield from groups
+
+
+def collate(encoded, batch: list[int], pad_id: int):
+    width = max(len(encoded[i][0]) for i in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, i in enumerate(batch):
+        seq, n_prompt = encoded[i]
+        ids[r, : len(seq)] = torch.tensor(seq)
+        mask[r, : len(seq)] = 1
+        labels[r, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+    return ids, mask, labels
+
+
+def train_policy(cfg: RunConfig, train: list[Question], log=print):
+    p = cfg.policy
+    tokenizer = build_tokenizer(synthetic.vocabulary())
+    model = build_model(cfg, tokenizer)
+    encoded = encode_pairs(tokenizer, [(policy_prompt(q.question), q.gold_solution) for q in train])
+    decay = [w for n, w in model.named_parameters() if w.dim() >= 2]
+    no_decay = [w for n, w in model.named_parameters() if w.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": p.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=p.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < p.warmup_steps:
+            return p.lr * (step + 1) / p.warmup_steps
+        frac = (step - p.warmup_steps) / max(1, p.steps - p.warmup_steps)
+        return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * frac))
+
+    batches = _batches(encoded, p.batch_size, random.Random(cfg.seed))
+    model.train()
+    t0, running = time.time(), None
+    for step in range(p.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        ids, mask, labels = collate(encoded, next(batches), tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if (step + 1) % 100 == 0 or step + 1 == p.steps:
+            log(f"policy step {step + 1}/{p.steps} loss {running:.4f} "
+                f"({time.time() - t0:.0f}s)")
+    model.eval()
+    return model, tokenizer
+
+
+def evaluate_policy(model, tokenizer, test: list[Question]) -> dict:
+    """Greedy accuracy and, from the oracle, where and how the wrong solutions go wrong."""
+    engine = HFEngine.from_model(model, tokenizer, batch_size=100)
+    outs = engine.generate([policy_prompt(q.question) for q in test],
+                           SamplingSpec(n=1, temperature=0.0, max_tokens=96))
+    kinds, first_steps, n_right = Counter(), Counter(), 0
+    for q, (c,) in zip(test, outs):
+        right = is_correct(c.text, q.answer)
+        n_right += right
+        if not right:
+            i, kind = synthetic.first_wrong_step(c.text, q.oracle)
+            kinds[kind] += 1
+            n_ops = len(json.loads(q.oracle))
+            first_steps["final line" if i >= n_ops else f"step {i}"] += 1
+    wrong = len(test) - n_right
+    return {"n": len(test), "greedy_accuracy": n_right / len(test),
+            "error_kinds": dict(kinds), "first_wrong_step": dict(sorted(first_steps.items())),
+            "intermediate_error_share": (sum(v for k, v in first_steps.items() if k != "final line")
+                                         / wrong if wrong else 0.0)}
+
+
+def run(cfg: RunConfig, train: list[Question], test: list[Question], out_dir: Path,
+        log=print) -> Path:
+    """Stage: produce the base policy folder at ``out_dir`` (a pretrained model is used as is)."""
+    if cfg.policy.model is not None:
+        return Path(cfg.policy.model)
+    h = recipe_hash(cfg)
+    if cfg.policy.shipped and (ASSETS / h / "glore_policy.json").exists():
+        log(f"[policy] using the shipped checkpoint for this recipe ({h}); "
+            "set policy.shipped=false to retrain it")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        shutil.copytree(ASSETS / h, out_dir)
+        return out_dir
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    model, tokenizer = train_policy(cfg, train, log)
+    metrics = evaluate_policy(model, tokenizer, test[: cfg.policy.eval_questions])
+    metrics["train_seconds"] = round(time.time() - t0, 1)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "glore_policy.json", {"hash": h, "metrics": metrics})
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    log(f"policy: greedy accuracy {metrics['greedy_accuracy']:.3f} on {metrics['n']} test "
+        f"questions; first wrong steps {metrics['first_wrong_step']}")
+    return out_dir
+
+
+def stage(cfg: RunConfig, paths, log=print) -> dict:
+    """Pipeline entry: the tiny policy (or the configured pretrained one) at ``paths.policy``."""
+    from glore_ray.data.questions import read
+
+    if cfg.policy.model is not None:
+        log(f"[policy] using the pretrained model {cfg.policy.model}")
+        return {"model": cfg.policy.model}
+    out = run(cfg, read(paths, "train"), read(paths, "test"), paths.policy, log)
+    return json.loads((out / "glore_policy.json").read_text())["metrics"]
+
+
+def policy_path(cfg: RunConfig, paths) -> str:
+    """The folder or hub id of the policy every later stage loads."""
+    return cfg.policy.model or str(paths.policy)
