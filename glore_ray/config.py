@@ -83,6 +83,10 @@ class RolloutConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(96, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Budgeted labelling: binary-search each wrong sample's first negative step, stop a prefix's
+    # rollouts at the first success (in chunks of budget_chunk), infer the rest by monotonicity.
+    budgeted: bool = False
+    budget_chunk: int = Field(2, ge=1)
     prefix_caching: bool = True
     block_size: int = Field(32, ge=1)
     kv_cache_gib: float = Field(2.0, gt=0)  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
@@ -104,7 +108,6 @@ class LabelConfig(_Strict):
     monotone: bool = True
     intermediate_check: bool = True
     balance: bool = True
-    budgeted: bool = False  # binary search for the first negative step instead of every prefix
     max_global_pairs_per_question: int = Field(4, ge=1)
     max_local_pairs_per_question: int = Field(4, ge=1)
     holdout_fraction: float = Field(0.1, ge=0, lt=1)

@@ -1,0 +1,32 @@
+"""Connecting to Ray: the cluster in ``RAY_ADDRESS`` when set (``ray job submit`` sets it), else a
+local one sized for this machine."""
+
+from __future__ import annotations
+
+import os
+
+# Environment every worker needs (actors inherit it through the runtime env).
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    # vLLM CPU build: without a KV-cache size it tries to take 92% of RAM; let it use every core.
+    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
+}
+if os.environ.get("TORCH_EXTENSIONS_DIR"):
+    WORKER_ENV["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Idempotent ``ray.init``. Locally, advertise at least 4 logical CPUs: on a 2-core laptop the
+    rollout actor, Ray Data's read/write tasks and the train workers must fit side by side."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs = dict(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+                 **kwargs)
