@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.k_rollouts=4")
         if name in STAGE_NAMES:
             sp.add_argument("--force", action="store_true", help="rerun even if already done")
+        if name == "run":
+            sp.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
     return p
 
 
@@ -36,7 +38,7 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def dispatch(command: str, cfg: RunConfig, force: bool = False) -> int:
+def dispatch(command: str, cfg: RunConfig, force: bool = False, until: str | None = None) -> int:
     from glore_ray import pipeline
 
     if command == "validate":
@@ -46,7 +48,7 @@ def dispatch(command: str, cfg: RunConfig, force: bool = False) -> int:
         print(f"config OK: run folder {cfg.run_dir}")
         return 0
     if command == "run":
-        pipeline.run_all(cfg, _log)
+        pipeline.run_all(cfg, _log, until=until)
         return 0
     if command in STAGE_NAMES:
         pipeline.save_config(cfg)
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glore: error: {e}", file=sys.stderr)
         return 2
     try:
-        return dispatch(args.command, cfg, getattr(args, "force", False))
+        return dispatch(args.command, cfg, getattr(args, "force", False),
+                        getattr(args, "until", None))
     except (FileNotFoundError, ConfigError) as e:
         print(f"glore: error: {e}", file=sys.stderr)
         return 2

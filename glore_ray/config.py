@@ -63,7 +63,7 @@ class PolicyConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
-    steps: int = Field(1600, ge=1)
+    steps: int = Field(2400, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(1e-4, ge=0)
@@ -108,6 +108,7 @@ class LabelConfig(_Strict):
     monotone: bool = True
     intermediate_check: bool = True
     balance: bool = True
+    sorm_labels: Literal["hard", "soft"] = "hard"  # which SORM labels the `labels` column holds
     max_global_pairs_per_question: int = Field(4, ge=1)
     max_local_pairs_per_question: int = Field(4, ge=1)
     holdout_fraction: float = Field(0.1, ge=0, lt=1)
@@ -134,7 +135,14 @@ class TrainConfig(_Strict):
     max_failures: int = Field(2, ge=0)
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     lora_rank: int = Field(0, ge=0)  # 0 = full fine-tune
-    deepspeed: dict[str, Any] = {}  # extra DeepSpeed config keys, merged over the generated ones
+    # extra DeepSpeed config keys merged over the generated ones, or the path of a JSON/YAML file
+    deepspeed: dict[str, Any] | str = {}
+    engine: Literal["deepspeed", "ddp"] = "deepspeed"  # ddp = plain torch DDP (benchmark baseline)
+    resources_per_worker: dict[str, float] = {}  # extra Ray resources per worker (CPU/GPU above)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)  # linear warm-up share, then cosine to 10%
+    weight_decay: float = Field(0.0, ge=0)
+    max_len: int = Field(512, ge=8)  # tokens; longer rows lose the start of the prompt
+    log_every: int = Field(0, ge=0)  # progress/metrics report every N steps (0 = ~10 per model)
     orm: ModelTrainConfig = ModelTrainConfig()
     sorm: ModelTrainConfig = ModelTrainConfig()
     global_refiner: ModelTrainConfig = ModelTrainConfig()
@@ -155,12 +163,36 @@ class ServeConfig(_Strict):
     max_question_chars: int = Field(4000, ge=1)
     max_new_tokens: int = Field(128, ge=1)
     api_key_env: str = "GLORE_API_KEY"
+    engine: Literal["auto", "vllm", "hf"] = "auto"  # generator engine (auto = vLLM if importable)
+    replica_cpus: float = Field(0.5, gt=0)  # Ray CPUs (and torch threads) per model replica
+    # Autoscaling: a replica count above *_replicas turns it on (0 = fixed replica counts).
+    generator_max_replicas: int = Field(0, ge=0)
+    reward_max_replicas: int = Field(0, ge=0)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    best_of: int = Field(3, ge=1)  # default n of best_of_n
+    max_best_of: int = Field(16, ge=1)
+    max_body_bytes: int = Field(65536, ge=1024)
 
 
 class EvaluateConfig(_Strict):
     n_questions: int | None = Field(300, ge=1)  # test questions (None = all)
     best_of: int = Field(3, ge=1)
     n_plot_examples: int = Field(4, ge=0)
+
+
+class PlanConfig(_Strict):
+    """Assumptions of `glore plan` (cost estimate only; no stage reads them). Per GPU, for the
+    config's model on the cluster's GPUs: measure yours and override, e.g.
+    `glore plan CONFIG plan.gen_tokens_per_gpu_s=3000`."""
+
+    gen_tokens_per_gpu_s: float = Field(2000.0, gt=0)  # vLLM decode, batched, prefix caching on
+    train_tokens_per_gpu_s: float = Field(3000.0, gt=0)  # forward + backward, ZeRO, bf16
+    score_tokens_per_gpu_s: float = Field(20000.0, gt=0)  # reward-model forward only
+    steps_per_solution: float | None = Field(None, gt=1)  # lines incl. `#### n` (None = per source)
+    prompt_tokens: int = Field(90, ge=1)  # question + template
+    solution_tokens: int = Field(120, ge=1)  # one sampled solution
+    sample_accuracy: float = Field(0.4, gt=0, lt=1)  # share of samples with the right answer
+    rollout_success: float = Field(0.5, gt=0, le=1)  # P(a rollout from a positive prefix is right)
 
 
 class RunConfig(_Strict):
@@ -174,6 +206,7 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
     serve: ServeConfig = ServeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    plan: PlanConfig = PlanConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -30,7 +30,7 @@ NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Ben", "Eva", "Max", "
 SHE = {"Mia", "Ava", "Zoe", "Ivy", "Eva", "Lily", "Emma", "Ruby"}
 OBJECTS = ["apples", "shells", "stickers", "coins", "marbles", "books", "cards", "pens", "cookies",
            "stamps", "beads", "toys"]
-FRIENDS = ["a friend", "her brother", "his sister", "a neighbor", "the teacher"]
+FRIENDS = ["a friend", "a cousin", "a classmate", "a neighbor", "the teacher"]
 OP_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 START = ["{name} has {a} {obj}.", "{name} starts with {a} {obj}.",

@@ -1,9 +1,14 @@
 """The fallback engine: transformers ``generate``, batched, on CPU or one GPU.
 
-Unlike vLLM it has no ``n``: each prompt is repeated ``n`` times in the batch.
+Unlike vLLM it has no ``n``: each prompt is repeated ``n`` times in the batch. Sampling draws from
+one global generator per batch, so seeding is per call (the same prompts and seeds in the same
+order give the same completions), not per prompt as in vLLM.
 """
 
 from __future__ import annotations
+
+import time
+import zlib
 
 import torch
 
@@ -17,6 +22,7 @@ class HFEngine:
                  device: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        t0 = time.perf_counter()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
@@ -25,6 +31,7 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.batch_size = batch_size
+        self.start_seconds = time.perf_counter() - t0
 
     @classmethod
     def from_model(cls, model, tokenizer, batch_size: int = 64) -> "HFEngine":
@@ -36,12 +43,17 @@ class HFEngine:
         return self
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], spec: SamplingSpec,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         flat = [p for p in prompts for _ in range(spec.n)]
         # Sort by length so a batch pads little; restore order afterwards.
         order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
         out: list[Completion | None] = [None] * len(flat)
-        gen = torch.Generator(device="cpu").manual_seed(spec.seed)
+        # Per-prompt seeds fold into one seed for the call (see the module docstring).
+        seed = spec.seed if seeds is None else zlib.crc32(repr((spec.seed, seeds)).encode())
+        gen = torch.Generator(device="cpu").manual_seed(seed)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer([flat[i] for i in idx], return_tensors="pt", padding=True).to(

@@ -1,0 +1,370 @@
+"""Stages ``sample`` and ``rollout``: generation on a Ray Data actor pool.
+
+    questions ─► [SampleActor × pool] ─► samples.parquet/    (K samples per question, graded)
+    samples   ─► [RolloutActor × pool] ─► rollouts.parquet/  (K rollouts per step prefix, graded)
+
+Each actor builds one engine (vLLM, or HF ``generate`` as the fallback) in ``__init__`` and keeps
+it for the whole stage; Ray Data streams batches of ``rollout.batch_size`` rows through an
+autoscaling pool of ``rollout.min_actors..max_actors`` actors that each ask for
+``rollout.num_cpus`` CPUs and ``rollout.num_gpus`` GPUs, and writes the results as Parquet parts.
+There is no driver-side loop over prompts: the driver only builds the dataset and waits.
+
+Rows (see ``records``): a sample row is ``records.Sample`` and a rollout row ``records.Rollout``,
+both plus ``n_tokens`` (generated tokens, for throughput accounting; -1 where not tracked).
+Every prefix of a sample is rolled out except a final ``####`` answer line, whose label is the
+sample's own correctness. The K rollouts of a prefix come from one request with ``n=K``, and all
+prefixes of a sample are in the same engine call, so prefix caching reuses their shared tokens.
+
+Fault tolerance: a pool actor that dies is restarted (its engine rebuilt) and its in-flight batch
+is retried; a batch's rows only reach the writer when its task succeeds, so each expected row is
+written exactly once, and the stage checks the count before committing its output folder.
+For tests, ``GLORE_FAULT_EXIT_AFTER_BATCHES=N`` with ``GLORE_FAULT_MARKER=<file>`` in the driver's
+environment makes an actor ``os._exit(1)`` at its (N+1)-th batch, once (the marker records it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from glore_ray.config import RunConfig
+from glore_ray.data import synthetic
+from glore_ray.data.grading import extract_answer, is_correct, split_steps
+from glore_ray.prompts import policy_prompt, prefix_text, rollout_prompt
+from glore_ray.records import Question, atomic_dir, commit_dir, read_rows
+
+# Output schemas: the records' fields plus the generated-token count.
+SAMPLE_SCHEMA = pa.schema([
+    ("qid", pa.string()), ("sample_id", pa.int64()), ("text", pa.string()),
+    ("steps", pa.list_(pa.string())), ("final_answer", pa.string()), ("correct", pa.bool_()),
+    ("oracle_first_wrong", pa.int64()), ("n_tokens", pa.int64())])
+ROLLOUT_SCHEMA = pa.schema([
+    ("qid", pa.string()), ("sample_id", pa.int64()), ("step_idx", pa.int64()), ("k", pa.int64()),
+    ("text", pa.string()), ("correct", pa.bool_()), ("final_answer", pa.string()),
+    ("n_tokens", pa.int64())])
+_FAULT_ENV = ("GLORE_FAULT_EXIT_AFTER_BATCHES", "GLORE_FAULT_MARKER")
+
+
+# ------------------------------------------------------------------ pure helpers (unit-testable)
+
+def request_seed(base: int, *key: Any) -> int:
+    """A deterministic per-request seed: reruns and retries give the same rows."""
+    return zlib.crc32(repr((base, *key)).encode()) & 0x7FFFFFFF
+
+
+def rollout_step_indices(steps: list[str]) -> range:
+    """Prefixes to roll out: every step except a final ``####`` answer line."""
+    n = len(steps)
+    return range(n - 1) if n and steps[-1].lstrip().startswith("####") else range(n)
+
+
+def grade_sample(q: dict, sample_id: int, text: str, n_tokens: int) -> dict:
+    """A ``records.Sample`` row (+ n_tokens) for one generated solution."""
+    oracle = q.get("oracle") or ""
+    return {"qid": q["qid"], "sample_id": sample_id, "text": text, "steps": split_steps(text),
+            "final_answer": extract_answer(text) or "", "correct": is_correct(text, q["answer"]),
+            "oracle_first_wrong": synthetic.first_wrong_step(text, oracle)[0] if oracle else -2,
+            "n_tokens": n_tokens}
+
+
+def grade_rollout(answer: str, steps: list[str], step_idx: int, qid: str, sample_id: int, k: int,
+                  text: str, n_tokens: int) -> dict:
+    """A ``records.Rollout`` row (+ n_tokens): graded on prefix + continuation."""
+    full = prefix_text(steps, step_idx) + text
+    return {"qid": qid, "sample_id": sample_id, "step_idx": step_idx, "k": k, "text": text,
+            "correct": is_correct(full, answer), "final_answer": extract_answer(full) or "",
+            "n_tokens": n_tokens}
+
+
+# ------------------------------------------------------------------ the Ray Data actors
+
+class _EngineActor:
+    """One engine per actor for the whole stage; reports its start-up and work to ``stats``."""
+
+    def __init__(self, rollout_cfg: dict, model_path: str, seed: int, stats=None,
+                 fault: dict | None = None):
+        from glore_ray.config import RolloutConfig
+        from glore_ray.engines import make_engine
+
+        self.cfg = RolloutConfig.model_validate(rollout_cfg)
+        self.seed, self.stats, self.fault, self.n_batches = seed, stats, fault, 0
+        self.engine = make_engine(self.cfg, model_path, seed=seed)
+        if stats is not None:
+            stats.add.remote(engine_start_s=[round(self.engine.start_seconds, 2)],
+                             engine=self.engine.name)
+
+    def _maybe_die(self) -> None:
+        """Fault injection for the tests: exit hard once, mid-stage (see the module docstring)."""
+        self.n_batches += 1
+        if self.fault and self.n_batches > self.fault["after"]:
+            marker = Path(self.fault["marker"])
+            if not marker.exists():
+                marker.write_text(f"pid {os.getpid()} exited at batch {self.n_batches}\n")
+                os._exit(1)
+
+    def _generate(self, prompts: list[str], n: int, seeds: list[int]):
+        from glore_ray.engines import spec_from_config
+
+        t0 = time.perf_counter()
+        outs = self.engine.generate(prompts, spec_from_config(self.cfg, n), seeds=seeds)
+        if self.stats is not None:
+            self.stats.add.remote(gen_s=time.perf_counter() - t0, batches=1, prompts=len(prompts),
+                                  tokens=sum(c.n_tokens for o in outs for c in o))
+        return outs
+
+
+class SampleActor(_EngineActor):
+    """Question rows in, ``k_samples`` graded sample rows per question out."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self._maybe_die()
+        qs = batch.to_pylist()
+        outs = self._generate([policy_prompt(q["question"]) for q in qs], self.cfg.k_samples,
+                              [request_seed(self.seed, "sample", q["qid"]) for q in qs])
+        rows = [grade_sample(q, i, c.text, c.n_tokens)
+                for q, comps in zip(qs, outs) for i, c in enumerate(comps)]
+        return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+
+class RolloutActor(_EngineActor):
+    """Sample rows in, ``k_rollouts`` graded rollout rows per step prefix out (or, when
+    ``rollout.budgeted``, the rows ``glore_ray.budgeted.search`` asks for)."""
+
+    def __init__(self, rollout_cfg: dict, model_path: str, seed: int, questions: dict,
+                 stats=None, fault: dict | None = None):
+        super().__init__(rollout_cfg, model_path, seed, stats, fault)
+        self.questions = questions  # qid -> (question, answer)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self._maybe_die()
+        samples = batch.to_pylist()
+        rows = self._budgeted(samples) if self.cfg.budgeted else self._exhaustive(samples)
+        return pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+
+    def _exhaustive(self, samples: list[dict]) -> list[dict]:
+        # Prefixes of one sample stay adjacent in one call: their shared tokens hit the cache.
+        jobs = [(s, i) for s in samples for i in rollout_step_indices(s["steps"])]
+        if not jobs:
+            return []
+        prompts = [rollout_prompt(self.questions[s["qid"]][0], s["steps"], i) for s, i in jobs]
+        seeds = [request_seed(self.seed, "rollout", s["qid"], s["sample_id"], i) for s, i in jobs]
+        outs = self._generate(prompts, self.cfg.k_rollouts, seeds)
+        return [grade_rollout(self.questions[s["qid"]][1], s["steps"], i, s["qid"],
+                              s["sample_id"], k, c.text, c.n_tokens)
+                for (s, i), comps in zip(jobs, outs) for k, c in enumerate(comps)]
+
+    def _budgeted(self, samples: list[dict]) -> list[dict]:
+        from glore_ray import budgeted  # written alongside; imported only when asked for
+
+        calls: dict[str, int] = {}  # prompt -> times asked in this batch, so chunks differ
+
+        def generate(prompts: list[str], n: int) -> list[list[str]]:
+            seeds = []
+            for p in prompts:
+                calls[p] = calls.get(p, 0) + 1
+                seeds.append(request_seed(self.seed, "budgeted", p, calls[p]))
+            return [[c.text for c in comps] for comps in self._generate(prompts, n, seeds)]
+
+        items = [{"qid": s["qid"], "sample_id": s["sample_id"],
+                  "question": self.questions[s["qid"]][0], "answer": self.questions[s["qid"]][1],
+                  "steps": list(s["steps"]), "correct": bool(s["correct"])} for s in samples]
+        rows = budgeted.search(items, generate, k=self.cfg.k_rollouts, chunk=self.cfg.budget_chunk)
+        return [{**{f: r[f] for f in ("qid", "sample_id", "step_idx", "k", "text", "correct")},
+                 "final_answer": r.get("final_answer", ""), "n_tokens": -1} for r in rows]
+
+
+class TextActor(_EngineActor):
+    """Rows ``{i, prompt, seed}`` in, ``{i, texts}`` out: plain generation for other stages
+    (``generate_texts``) with the same engines and pool."""
+
+    def __init__(self, rollout_cfg: dict, model_path: str, seed: int, spec: dict, stats=None,
+                 fault: dict | None = None):
+        from glore_ray.engines import SamplingSpec
+
+        super().__init__(rollout_cfg, model_path, seed, stats, fault)
+        self.spec = SamplingSpec(**spec)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        outs = self.engine.generate([r["prompt"] for r in rows], self.spec,
+                                    seeds=[r["seed"] for r in rows])
+        return pa.table({"i": [r["i"] for r in rows],
+                         "texts": [[c.text for c in o] for o in outs]})
+
+
+def _stats_actor():
+    """A tiny actor the pool reports to: engine start-up per actor, tokens, generation time."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class StageStats:
+        def __init__(self):
+            self.d: dict[str, Any] = {"engine_start_s": [], "gen_s": 0.0, "batches": 0,
+                                      "prompts": 0, "tokens": 0, "engine": None}
+
+        def add(self, **kw) -> None:
+            for k, v in kw.items():
+                self.d[k] = v if k == "engine" else self.d[k] + v
+
+        def get(self) -> dict:
+            return self.d
+
+    return StageStats.remote()
+
+
+# ------------------------------------------------------------------ the stages
+
+def _fault_from_env() -> dict | None:
+    after, marker = (os.environ.get(k) for k in _FAULT_ENV)
+    return {"after": int(after), "marker": marker} if after and marker else None
+
+
+def _map_generate(ds, actor_cls: type, cfg: RunConfig, model_path: str, stats, **kwargs):
+    import ray
+
+    r = cfg.rollout
+    return ds.map_batches(
+        actor_cls, batch_size=r.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
+        num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+        # No max_restarts/max_task_retries here: Ray Data's actor defaults are already -1/-1 (a
+        # dead actor is replaced, its engine rebuilt, its batches retried), and passing them is
+        # deprecated in 2.60. A Python error in a batch still fails the stage: it is not retried.
+        fn_constructor_kwargs={"rollout_cfg": r.model_dump(mode="json"),
+                               "model_path": model_path, "seed": cfg.seed, "stats": stats,
+                               "fault": _fault_from_env(), **kwargs})
+
+
+def _write(ds, final: Path, expected: int | None, what: str, schema: pa.Schema) -> int:
+    """Stream ``ds`` to Parquet parts in a temp folder; commit it only when the count is right."""
+    tmp = atomic_dir(final)
+    ds.write_parquet(str(tmp))
+    parts = list(tmp.glob("*.parquet"))
+    if not parts:  # nothing generated (e.g. budgeted, all samples correct): still a readable table
+        pq.write_table(schema.empty_table(), tmp / "empty.parquet")
+    n = sum(pq.read_metadata(str(f)).num_rows for f in parts)
+    if expected is not None and n != expected:
+        raise RuntimeError(f"{what}: wrote {n} rows, expected {expected}; output not committed")
+    commit_dir(tmp, final)
+    return n
+
+
+def _blocks(n_rows: int, batch_size: int) -> int:
+    # About one block per batch, so an autoscaling pool sees a queue of work to scale on.
+    return max(1, min(1000, math.ceil(n_rows / batch_size)))
+
+
+def _summarise(stats, seconds: float) -> dict:
+    import ray
+
+    s = ray.get(stats.get.remote())
+    ray.kill(stats)
+    return {"engine": s["engine"], "engine_start_s": s["engine_start_s"],
+            "generated_tokens": s["tokens"], "generate_seconds": round(s["gen_s"], 2),
+            "stage_seconds": round(seconds, 2),
+            "tokens_per_s": round(s["tokens"] / seconds, 1) if seconds else 0.0,
+            "engine_calls": s["batches"]}
+
+
+def run_sample(cfg: RunConfig, paths, log=print) -> dict:
+    """Stage: the first ``rollout.n_questions`` train questions × ``k_samples`` graded samples."""
+    import ray
+
+    from glore_ray.policy import policy_path
+    from glore_ray.ray_env import init_ray
+
+    questions = read_rows(paths.questions_train, Question)[: cfg.rollout.n_questions]
+    if not questions:
+        raise ValueError(f"no train questions in {paths.questions_train}")
+    init_ray()
+    r = cfg.rollout
+    log(f"[sample] {len(questions)} questions x {r.k_samples} samples, engine {r.engine}, "
+        f"pool {r.min_actors}..{r.max_actors} actors, batch {r.batch_size}")
+    t0 = time.time()
+    stats = _stats_actor()
+    items = [{"qid": q.qid, "question": q.question, "answer": q.answer, "oracle": q.oracle}
+             for q in questions]
+    ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items), r.batch_size))
+    ds = _map_generate(ds, SampleActor, cfg, policy_path(cfg, paths), stats)
+    n = _write(ds, paths.samples, len(questions) * r.k_samples, "sample", SAMPLE_SCHEMA)
+    summary = _summarise(stats, time.time() - t0)
+    t = pq.read_table(str(paths.samples), columns=["qid", "correct", "oracle_first_wrong"])
+    correct = t.column("correct").to_pylist()
+    by_q: dict[str, bool] = {}
+    for qid, c in zip(t.column("qid").to_pylist(), correct):
+        by_q[qid] = by_q.get(qid, False) or c
+    summary.update(n_questions=len(questions), n_samples=n, accuracy=round(sum(correct) / n, 4),
+                   pass_at_k=round(sum(by_q.values()) / len(by_q), 4))
+    log(f"[sample] {n} samples, accuracy {summary['accuracy']:.3f}, pass@{r.k_samples} "
+        f"{summary['pass_at_k']:.3f}; {summary['generated_tokens']} tokens at "
+        f"{summary['tokens_per_s']:.0f} tok/s (engine start {summary['engine_start_s']} s)")
+    return summary
+
+
+def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
+    """Stage: ``k_rollouts`` graded continuations from every step prefix of every sample."""
+    import ray
+
+    from glore_ray.policy import policy_path
+    from glore_ray.ray_env import init_ray
+
+    questions = {q.qid: (q.question, q.answer) for q in read_rows(paths.questions_train, Question)}
+    steps_col = pq.read_table(str(paths.samples), columns=["qid", "steps"])
+    n_samples = steps_col.num_rows
+    qids = set(steps_col.column("qid").to_pylist())
+    if qids - questions.keys():
+        raise ValueError(f"samples name {len(qids - questions.keys())} questions that are not in "
+                         f"{paths.questions_train}")
+    questions = {q: v for q, v in questions.items() if q in qids}  # only what the actors need
+    r = cfg.rollout
+    n_prefixes = sum(len(rollout_step_indices(s)) for s in steps_col.column("steps").to_pylist())
+    expected = None if r.budgeted else n_prefixes * r.k_rollouts
+    init_ray()
+    log(f"[rollout] {n_samples} samples, {n_prefixes} step prefixes x {r.k_rollouts} rollouts"
+        f"{' (budgeted search)' if r.budgeted else ''}, engine {r.engine}, "
+        f"pool {r.min_actors}..{r.max_actors} actors, batch {r.batch_size} samples")
+    t0 = time.time()
+    stats = _stats_actor()
+    ds = ray.data.read_parquet(str(paths.samples)).select_columns(
+        ["qid", "sample_id", "steps", "correct"])
+    ds = ds.repartition(_blocks(n_samples, r.batch_size))
+    ds = _map_generate(ds, RolloutActor, cfg, policy_path(cfg, paths), stats, questions=questions)
+    n = _write(ds, paths.rollouts, expected, "rollout", ROLLOUT_SCHEMA)
+    summary = _summarise(stats, time.time() - t0)
+    correct = pq.read_table(str(paths.rollouts), columns=["correct"]).column("correct").to_pylist()
+    summary.update(n_samples=n_samples, n_prefixes=n_prefixes, n_rollouts=n,
+                   exhaustive_rollouts=n_prefixes * r.k_rollouts,
+                   rollout_accuracy=round(sum(correct) / n, 4) if n else 0.0)
+    log(f"[rollout] {n} rollouts ({summary['rollout_accuracy']:.3f} correct); "
+        f"{summary['generated_tokens']} tokens at {summary['tokens_per_s']:.0f} tok/s "
+        f"(engine start {summary['engine_start_s']} s)")
+    return summary
+
+
+def generate_texts(cfg: RunConfig, model_path: str, prompts: list[str], spec) -> list[list[str]]:
+    """``spec.n`` completions per prompt, in prompt order, from the configured engine on the same
+    kind of actor pool as the stages (one engine per actor, started once)."""
+    import dataclasses
+
+    import ray
+
+    from glore_ray.ray_env import init_ray
+
+    if not prompts:
+        return []
+    init_ray()
+    items = [{"i": i, "prompt": p, "seed": request_seed(spec.seed, "text", i)}
+             for i, p in enumerate(prompts)]
+    ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items), cfg.rollout.batch_size))
+    ds = _map_generate(ds, TextActor, cfg, model_path, None, spec=dataclasses.asdict(spec))
+    out = sorted(ds.take_all(), key=lambda r: r["i"])
+    if len(out) != len(prompts):
+        raise RuntimeError(f"generate_texts: {len(out)} results for {len(prompts)} prompts")
+    return [list(r["texts"]) for r in out]

@@ -1,0 +1,9 @@
+"""Training: ORM and SORM reward models and the global/local refiners, on Ray Train + DeepSpeed.
+
+- ``loop.py``        the Ray-free inner loop (DeepSpeed ZeRO 0-3 or torch DDP, eval, export)
+- ``reward.py``      reward-model tokenisation, loss, ``RewardScorer``, ``step_metrics``
+- ``sft.py``         refiner data and loss (target tokens only)
+- ``ray_trainer.py`` ``TorchTrainer`` wiring: Ray Data shards, checkpoints, failures, metrics
+- ``stage.py``       the pipeline stage: the four models in sequence
+- ``warmup.py``      builds DeepSpeed's JIT op into ``TORCH_EXTENSIONS_DIR`` once
+"""

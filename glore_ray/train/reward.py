@@ -1,0 +1,227 @@
+"""Reward models (ORM and SORM): a causal-LM backbone from the policy with a scalar head.
+
+One input row (the label stage's ``orm`` / ``sorm`` sets)::
+
+    {"qid": "syn-train-00012", "sample_id": 3, "question": "Mia has 23 shells. ...",
+     "steps": ["23 + 45 = 68", "68 - 12 = 57", "#### 57"],
+     "labels": [1.0, 0.0, 0.0],                # ORM: the sample's correctness on every step
+     "mask": [1.0, 1.0, 0.0]}                  # SORM only; 0 = dropped by balancing
+
+The text is ``policy_prompt(question) + "".join(s + "\\n" for s in steps)`` and step i is scored at
+the last token of its line, the one holding its ``"\\n"``. The loss is BCE-with-logits on those
+positions only (float targets, weighted by ``mask``); every other token is ignored. The model is an
+``AutoModelForTokenClassification`` with ``num_labels=1`` (``LlamaForTokenClassification`` for the
+tiny policy), saved with ``save_pretrained`` + the tokenizer, so plain transformers reloads it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from glore_ray.prompts import policy_prompt
+
+UNSCORED = 0.5  # probability reported for a step cut off by the context window (never in practice)
+
+
+# ------------------------------------------------------------------ tokenisation
+
+def reward_text(question: str, steps: Sequence[str]) -> tuple[str, list[int]]:
+    """The scored text and, per step, the character index just past its ``"\\n"``."""
+    text = policy_prompt(question)
+    ends = []
+    for s in steps:
+        text += s + "\n"
+        ends.append(len(text))
+    return text, ends
+
+
+def encode_reward(tokenizer, question: str, steps: Sequence[str],
+                  max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and, per step, the index of the token holding that step's final character
+    (its ``"\\n"``), found through the tokenizer's character offsets so it works for the local
+    word-level tokenizer and for BPE alike. A sequence longer than ``max_len`` loses tokens from
+    the *start* (the question), so the steps keep their positions; a step whose end falls in the
+    cut-off part gets position -1."""
+    text, ends = reward_text(question, steps)
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    # Special tokens carry (0, 0); give them an empty span so they never hold a character.
+    starts = [s if e > s else -1 for s, e in offsets]
+    positions = []
+    for end in ends:
+        # the last token starting at or before the step's final character
+        t = bisect.bisect_right(starts, end - 1) - 1
+        if t < 0 or offsets[t][1] < end:
+            raise ValueError(f"cannot locate the end of a step in the tokenized text: {text!r}")
+        positions.append(t)
+    if len(ids) > max_len:
+        cut = len(ids) - max_len
+        keep_bos = tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+        head = ids[:1] if keep_bos else []
+        cut += len(head)
+        ids = head + ids[cut:]
+        positions = [p - cut + len(head) if p >= cut else -1 for p in positions]
+    return ids, positions
+
+
+def encode_rows(tokenizer, rows: Sequence[dict], max_len: int) -> list[dict]:
+    """Label-stage rows -> encoded examples ``{ids, positions, targets, weights}``."""
+    out = []
+    for r in rows:
+        steps, labels = list(r["steps"]), [float(x) for x in r["labels"]]
+        if len(steps) != len(labels):
+            raise ValueError(f"row {r.get('qid')}/{r.get('sample_id')}: {len(steps)} steps but "
+                             f"{len(labels)} labels")
+        mask = r.get("mask")
+        weights = [1.0] * len(steps) if mask is None else [float(m) for m in mask]
+        if len(weights) != len(steps):
+            raise ValueError(f"row {r.get('qid')}: mask has {len(weights)} entries, "
+                             f"{len(steps)} steps")
+        ids, pos = encode_reward(tokenizer, r["question"], steps, max_len)
+        keep = [i for i, p in enumerate(pos) if p >= 0]
+        out.append({"ids": ids, "positions": [pos[i] for i in keep],
+                    "targets": [labels[i] for i in keep], "weights": [weights[i] for i in keep]})
+    return out
+
+
+def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; ``targets``/``weights`` are dense (B, T) with weight 0 off the step ends."""
+    width = max(len(e["ids"]) for e in examples)
+    b = len(examples)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, width), dtype=torch.long)
+    targets = torch.zeros((b, width), dtype=torch.float32)
+    weights = torch.zeros((b, width), dtype=torch.float32)
+    for i, e in enumerate(examples):
+        n = len(e["ids"])
+        ids[i, :n] = torch.tensor(e["ids"])
+        attn[i, :n] = 1
+        if e["positions"]:
+            pos = torch.tensor(e["positions"])
+            targets[i, pos] = torch.tensor(e["targets"])
+            weights[i, pos] = torch.tensor(e["weights"])
+    return {"input_ids": ids, "attention_mask": attn, "targets": targets, "weights": weights}
+
+
+# ------------------------------------------------------------------ model and loss
+
+def build_reward_model(policy: str | Path, dtype: torch.dtype = torch.float32):
+    """The policy's backbone with a fresh 1-output head (its LM head is dropped)."""
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(policy), num_labels=1, dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def step_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T) logits, one per token."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits.squeeze(-1).float()
+
+
+def reward_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """Weighted BCE over the step ends only. Returns (loss, total weight)."""
+    w = batch["weights"]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, batch["targets"], reduction="none")
+    total = float(w.sum())
+    return (bce * w).sum() / max(total, 1e-8), total
+
+
+def gather_steps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[list[float], list[float]]:
+    """(probabilities, targets) at the scored positions of a batch (weight > 0)."""
+    sel = batch["weights"] > 0
+    return (torch.sigmoid(logits[sel]).tolist(), batch["targets"][sel].tolist())
+
+
+# ------------------------------------------------------------------ evaluation helper
+
+def step_metrics(probs: Sequence[Sequence[float]] | Sequence[float],
+                 labels: Sequence[Sequence[float]] | Sequence[float],
+                 threshold: float = 0.5) -> dict[str, Any]:
+    """Step-level accuracy (probability >= threshold vs label >= 0.5) and ROC AUC.
+
+    Takes per-solution lists (``[[p, p], [p]]``) or flat lists; AUC is NaN when the labels hold a
+    single class. Same keys as ``glore_ray.evaluate.step_metrics``."""
+    def flat(x):
+        return [float(v) for row in x for v in row] if x and isinstance(x[0], (list, tuple)) \
+            else [float(v) for v in x]
+
+    p, y = flat(probs), [int(v >= 0.5) for v in flat(labels)]
+    if len(p) != len(y):
+        raise ValueError(f"step_metrics: {len(p)} probabilities but {len(y)} labels")
+    n = len(y)
+    acc = sum((pi >= threshold) == bool(yi) for pi, yi in zip(p, y)) / n if n else float("nan")
+    auc = float("nan")
+    if 0 < sum(y) < n:
+        from sklearn.metrics import roc_auc_score
+
+        auc = float(roc_auc_score(y, p))
+    return {"step_accuracy": acc, "step_auc": auc, "n_steps": n,
+            "positive_share": sum(y) / n if n else float("nan")}
+
+
+# ------------------------------------------------------------------ inference
+
+class RewardScorer:
+    """Per-step probabilities from a saved reward-model folder (ORM or SORM).
+
+        scorer = RewardScorer("runs/embedded/train/sorm")
+        scorer.score(["Mia has 23 shells. ..."], [["23 + 45 = 68", "#### 68"]])  # [[0.93, 0.88]]
+
+    Construction loads the folder once (a few MB for the tiny model); ``score`` runs batched,
+    length-sorted forward passes under ``torch.inference_mode`` and a lock, so one instance can be
+    shared by the threads of a Serve replica.
+    """
+
+    def __init__(self, path: str | Path, device: str | None = None, batch_size: int = 32,
+                 max_len: int | None = None):
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"no reward model at {path} (expected an HF folder with "
+                                    "config.json; train it with `glore train CONFIG`)")
+        self.path = path
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModelForTokenClassification.from_pretrained(str(path)).to(self.device)
+        self.model.eval()
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"{path}: a reward model has num_labels=1, "
+                             f"found {self.model.config.num_labels}")
+        self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                       else self.tokenizer.eos_token_id)
+        self.batch_size = batch_size
+        self.max_len = max_len or int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._lock = threading.Lock()
+
+    def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+        if len(questions) != len(steps):
+            raise ValueError(f"score: {len(questions)} questions but {len(steps)} step lists")
+        encoded = [encode_reward(self.tokenizer, q, s, self.max_len) if s else ([], [])
+                   for q, s in zip(questions, steps)]
+        out: list[list[float]] = [[] for _ in questions]
+        order = sorted((i for i, (ids, _) in enumerate(encoded) if ids),
+                       key=lambda i: len(encoded[i][0]))
+        with self._lock, torch.inference_mode():
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s : s + self.batch_size]
+                batch = collate([{"ids": encoded[i][0], "positions": [], "targets": [],
+                                  "weights": []} for i in idx], self.pad_id)
+                logits = self.model(input_ids=batch["input_ids"].to(self.device),
+                                    attention_mask=batch["attention_mask"].to(self.device)
+                                    ).logits.squeeze(-1).float()
+                probs = torch.sigmoid(logits).cpu()
+                for row, i in enumerate(idx):
+                    out[i] = [float(probs[row, p]) if p >= 0 else UNSCORED
+                              for p in encoded[i][1]]
+        return out

@@ -1,0 +1,49 @@
+"""The shipped tiny policy: a standard HF folder that loads without this package, and sits in the
+paper's regime on the held-out split (right on roughly half, wrong mostly at intermediate steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from glore_ray.config import load_config
+from glore_ray.data import synthetic
+from glore_ray.policy import ASSETS, evaluate_policy, recipe_hash
+from tests.conftest import REPO
+
+
+def test_checkpoint_is_a_plain_hf_folder(tiny_policy):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy)
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    assert model.config.model_type == "llama"
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.5e6 < n < 5e6
+    text = "Question: Mia has 23 shells. How many shells does Mia have now?\nAnswer:\n23 + 4 = 27\n"
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shipped_policy_is_in_the_regime(seed):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = load_config(REPO / "configs/embedded.yaml", [f"seed={seed}"])
+    folder = ASSETS / recipe_hash(cfg)
+    assert folder.exists(), f"no shipped policy for seed {seed}: run scripts/ship_policy.py {seed}"
+    recorded = json.loads((folder / "glore_policy.json").read_text())["metrics"]
+    _, test = synthetic.generate(cfg.data.synthetic, seed)
+    m = evaluate_policy(AutoModelForCausalLM.from_pretrained(folder).eval(),
+                        AutoTokenizer.from_pretrained(folder), test[: cfg.policy.eval_questions])
+    assert m["greedy_accuracy"] == pytest.approx(recorded["greedy_accuracy"], abs=0.02)
+    assert 0.35 <= m["greedy_accuracy"] <= 0.65, m
+    assert m["intermediate_error_share"] >= 0.6, m  # wrong mostly before the answer line
+    assert m["error_kinds"].get("format", 0) <= 0.05 * m["n"], m
+
+
+def test_recipe_hash_ignores_bookkeeping_but_not_the_recipe():
+    a = load_config(None)
+    assert recipe_hash(a) == recipe_hash(load_config(None, ["policy.shipped=false"]))
+    assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.steps=10"]))
+    assert recipe_hash(a) != recipe_hash(load_config(None, ["seed=1"]))

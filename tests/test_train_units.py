@@ -1,0 +1,137 @@
+"""Fast, Ray-free checks of the training pieces: step-end positions, masks, metrics, scorer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from glore_ray.prompts import global_prompt, policy_prompt
+from glore_ray.train import reward, sft
+
+Q = "Mia has 23 shells. She finds 45 more shells. How many shells does Mia have now?"
+STEPS = ["23 + 45 = 68", "68 * 2 = 136", "#### 136"]
+
+
+@pytest.fixture(scope="module")
+def word_tok():
+    from glore_ray.data import synthetic
+    from glore_ray.tokenizer import build_tokenizer
+
+    return build_tokenizer(synthetic.vocabulary())
+
+
+@pytest.fixture(scope="module")
+def bpe_tok():
+    """A byte-level BPE tokenizer trained here (no hub), whose merges can span the newline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [policy_prompt(Q) + "\n".join(STEPS) + "\n"] * 20 + ["= 68\n68 *", "136\n####"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("which", ["word_tok", "bpe_tok"])
+def test_step_ends_are_the_newline_tokens(which, request):
+    tok = request.getfixturevalue(which)
+    ids, pos = reward.encode_reward(tok, Q, STEPS, 512)
+    assert len(pos) == len(STEPS) and pos == sorted(pos)
+    enc = tok(reward.reward_text(Q, STEPS)[0], return_offsets_mapping=True)
+    _, ends = reward.reward_text(Q, STEPS)
+    for p, end in zip(pos, ends):
+        s, e = enc["offset_mapping"][p]
+        assert s <= end - 1 < e  # the token holds the step's "\n"
+    # the prefix up to each scored token decodes to the prompt + the steps so far
+    text = tok.decode(ids[: pos[1] + 1], skip_special_tokens=True)
+    assert text.startswith(policy_prompt(Q)) and "68 * 2 = 136" in text
+
+
+def test_left_truncation_keeps_the_steps(word_tok):
+    full, pos = reward.encode_reward(word_tok, Q, STEPS, 512)
+    ids, cut = reward.encode_reward(word_tok, Q, STEPS, 24)
+    assert len(ids) == 24 and ids[0] == word_tok.bos_token_id
+    assert [ids[p] for p in cut if p >= 0] == [full[p] for p, c in zip(pos, cut) if c >= 0]
+    assert cut[-1] == 23
+
+
+def test_reward_batch_masks_everything_but_step_ends(word_tok):
+    rows = [{"question": Q, "steps": STEPS, "labels": [1.0, 0.0, 0.0], "mask": [1.0, 0.0, 1.0]},
+            {"question": Q, "steps": STEPS[:1] + ["#### 68"], "labels": [1.0, 1.0]}]  # no mask
+    ex = reward.encode_rows(word_tok, rows, 512)
+    batch = reward.collate(ex, word_tok.pad_token_id)
+    assert batch["weights"].sum() == 4  # 2 of 3 + all 2
+    assert set(batch["targets"][batch["weights"] > 0].tolist()) == {0.0, 1.0}
+    import torch
+
+    logits = torch.zeros_like(batch["targets"], requires_grad=True)
+    loss, w = reward.reward_loss(logits, batch)
+    assert w == 4 and math.isclose(float(loss.detach()), math.log(2), rel_tol=1e-5)
+    loss.backward()
+    assert (logits.grad[batch["weights"] == 0] == 0).all()
+
+
+def test_bad_rows_give_clear_errors(word_tok):
+    with pytest.raises(ValueError, match="3 steps but 2 labels"):
+        reward.encode_rows(word_tok, [{"question": Q, "steps": STEPS, "labels": [1.0, 0.0]}], 512)
+    with pytest.raises(ValueError, match="prompt"):
+        sft.encode_rows(word_tok, [{"question": Q}], 512)
+
+
+def test_sft_labels_cover_target_and_eos_only(word_tok):
+    prompt, target = global_prompt(Q, "23 + 45 = 67\n#### 67"), "\n".join(STEPS)
+    ids, n_prompt = sft.encode_pair(word_tok, prompt, target, 512)
+    batch = sft.collate([{"ids": ids, "n_prompt": n_prompt}], word_tok.pad_token_id)
+    learned = [t for t in batch["labels"][0].tolist() if t != -100]
+    assert learned[-1] == word_tok.eos_token_id
+    assert word_tok.decode(learned[:-1]) == target
+
+
+def test_step_metrics():
+    m = reward.step_metrics([[0.9, 0.2], [0.7]], [[1.0, 0.0], [0.0]])
+    assert m["n_steps"] == 3 and math.isclose(m["step_accuracy"], 2 / 3)
+    assert math.isclose(m["step_auc"], 1.0)
+    assert math.isnan(reward.step_metrics([0.9], [1.0])["step_auc"])  # one class: no AUC
+    with pytest.raises(ValueError):
+        reward.step_metrics([0.1, 0.2], [1.0])
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from glore_ray.train.loop import LoopSpec, lr_lambda
+
+    f = lr_lambda(100, LoopSpec(name="orm", kind="reward", policy="-", warmup_ratio=0.1))
+    assert f(0) < f(9) == 1.0 and f(50) < 1.0 and math.isclose(f(100), 0.1)
+
+
+def test_deepspeed_block_from_yaml(tmp_path):
+    from glore_ray.train.loop import LoopSpec, deepspeed_config
+    from glore_ray.train.ray_trainer import load_deepspeed_block
+
+    f = tmp_path / "ds.yaml"
+    f.write_text("zero_optimization:\n  stage: 3\n  overlap_comm: true\n")
+    spec = LoopSpec(name="orm", kind="reward", policy="-", zero_stage=2, offload_optimizer=True,
+                    deepspeed=load_deepspeed_block(str(f)))
+    cfg = deepspeed_config(spec)
+    assert cfg["zero_optimization"] == {"stage": 3, "overlap_comm": True,
+                                        "offload_optimizer": {"device": "cpu"}}
+    with pytest.raises(FileNotFoundError):
+        load_deepspeed_block(str(tmp_path / "missing.json"))
+
+
+def test_synthetic_sets_match_the_label_stage_format(tmp_path):
+    import pandas as pd
+
+    from glore_ray.train.stage import write_synthetic_sets
+
+    sets = write_synthetic_sets(tmp_path, 8)
+    sorm = pd.read_parquet(sets["sorm"] / "train.parquet")
+    assert {"qid", "sample_id", "question", "steps", "labels", "soft_labels", "mask"} <= set(sorm)
+    assert all(len(s) == len(l) for s, l in zip(sorm.steps, sorm.labels))
+    assert all(s[-1].startswith("####") for s in sorm.steps)
+    loc = pd.read_parquet(sets["local"] / "eval.parquet")
+    assert set(loc.columns) == {"qid", "prompt", "target"} and loc.prompt.str.contains(r"\[BAD\]").all()
