@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
+    from glore_ray import budgeted
     from glore_ray.config import LabelConfig, load_config
     from glore_ray.data.questions import load
     from glore_ray.label import make_labels
@@ -104,7 +105,7 @@ def main() -> None:
         "cpu_note": "2 shared cores (other jobs running): timings are indicative only",
         "n_questions": len(qs), "n_samples": len(samples),
         "sample_accuracy": round(sum(s.correct for s in samples) / len(samples), 4),
-        "k_rollouts": r.k_rollouts, "budget_chunk": r.budget_chunk,
+        "k_rollouts": r.k_rollouts, "budget_chunk": r.budget_chunk, "split": budgeted.SPLIT,
         "exhaustive": results["exhaustive"], "budgeted": results["budgeted"],
         "rollout_reduction": round(ratio, 2), "step_label_agreement": agreement,
         "goal": ">= 3x fewer rollouts at >= 97% agreement (default cleaning)",

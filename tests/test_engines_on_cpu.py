@@ -97,3 +97,14 @@ def test_greedy_agrees_across_engines(engines, prompts):
     h = [o[0].text for o in engines["hf"].generate(prompts, spec)]
     same = sum(a == b for a, b in zip(v, h))
     assert same >= len(prompts) - 1, list(zip(v, h))
+
+
+def test_vllm_seeded_batch_longer_than_one_prefill_step(engines):
+    """Regression: with chunked prefill, a seeded request whose prompt was split crashed the CPU
+    engine ("CPU Generator does not use offset"); the engine turns chunked prefill off."""
+    train, _ = synthetic.generate(
+        load_config(None).data.synthetic.model_copy(update={"n_train": 40, "n_test": 1}), seed=9)
+    prompts = [policy_prompt(q.question) for q in train]  # ~40 x 8 x 70 prompt tokens
+    outs = engines["vllm"].generate(prompts, SamplingSpec(n=8, max_tokens=8),
+                                    seeds=list(range(len(prompts))))
+    assert [len(o) for o in outs] == [8] * len(prompts)

@@ -29,7 +29,13 @@ class VLLMEngine:
         t0 = time.perf_counter()
         kwargs = dict(model=str(model_path), dtype=dtype, enable_prefix_caching=prefix_caching,
                       block_size=block_size, enforce_eager=enforce_eager, seed=seed,
-                      max_model_len=max_model_len)
+                      max_model_len=max_model_len,
+                      # Chunked prefill splits a long batch's prompts across steps and rewinds
+                      # the per-request generator of a split one: on CPU torch generators that
+                      # raises "CPU Generator does not use offset" and kills the engine (seen
+                      # here with seeded n=8 rollout batches). Whole prompts only, then.
+                      enable_chunked_prefill=False,
+                      max_num_batched_tokens=max(2048, max_model_len))
         if _on_gpu():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)

@@ -72,6 +72,13 @@ def train_worker(config: dict) -> None:
     def after_step(step: int) -> None:
         if fail_at and step == fail_at and rank == ctx.get_world_size() - 1 and marker \
                 and not os.path.exists(marker):
+            # Reports are processed asynchronously: let the controller commit what was already
+            # reported (the last checkpoint included) so the kill lands after it, as in a real
+            # crash some time after a checkpoint, not in the middle of registering one.
+            from ray.train import CheckpointConsistencyMode
+
+            ray.train.get_all_reported_checkpoints(CheckpointConsistencyMode.COMMITTED,
+                                                   timeout_s=300)
             Path(marker).write_text(f"killed rank {rank} after step {step}\n")
             print(f"[fault injection] rank {rank} exits after step {step}", flush=True)
             os._exit(1)
