@@ -2,8 +2,9 @@
 step instead of rolling out every prefix K times.
 
 Hard SORM labels are monotone — once no rollout from a prefix succeeds, longer prefixes fail too —
-so the first negative step of a wrong sample can be found with ~log2(steps) probed prefixes, and a
-probe can stop at its first successful rollout (a positive hard label needs only one witness).
+so the first negative step of a wrong sample can be found by bisection over its prefixes (binary
+by default; ``split`` can skew it towards early steps, where a negative probe costs k rollouts),
+and a probe stops at its first successful rollout (a positive hard label needs only one witness).
 A correct sample needs no rollouts at all: it is itself a successful rollout from every prefix.
 
     rows = search(items, generate, k=8, chunk=2)
@@ -26,10 +27,10 @@ from glore_ray.data.grading import extract_answer, is_correct
 from glore_ray.prompts import prefix_text, rollout_prompt
 
 Generate = Callable[[list[str], int], list[list[str]]]
-# Where a probe bisects its interval. A negative prefix costs k rollouts, a positive one about a
-# chunk, and first errors cluster early in a solution, so probing a quarter of the way in costs
-# fewer rollouts than the midpoint (P2, docs/labels.md) while staying logarithmic.
-SPLIT = 0.25
+# Where a probe bisects its interval: 0.5 = plain binary search (what P2 measured). A negative
+# prefix costs k rollouts, a positive one about a chunk, and first errors cluster early, so a
+# smaller split (e.g. 0.25) should cost fewer rollouts: not yet measured on the real engine.
+SPLIT = 0.5
 _REQUIRED = ("qid", "sample_id", "question", "answer", "steps", "correct")
 
 

@@ -36,6 +36,7 @@ class SyntheticConfig(_Strict):
     ops: list[Literal["add", "sub", "mul", "div"]] = ["add", "sub", "mul", "div"]
     n_train: int = Field(20000, ge=1)
     n_test: int = Field(300, ge=1)
+    seed: int = 0  # the world's own seed: the base policy is trained on this world's train split
 
     @model_validator(mode="after")
     def _ranges(self) -> "SyntheticConfig":
@@ -58,6 +59,7 @@ class PolicyConfig(_Strict):
     """The base policy: a pretrained HF folder/hub id, or the tiny Llama trained on the world."""
 
     model: str | None = None  # HF folder or hub id; None = build and train the tiny policy
+    seed: int = 0  # the tiny policy's init and batch order (the run's `seed` drives the rest)
     shipped: bool = True  # use the checkpoint shipped in the package when its recipe matches
     hidden_size: int = Field(128, ge=8)
     num_layers: int = Field(4, ge=1)

@@ -34,11 +34,12 @@ _NOT_RECIPE = {"model", "shipped", "eval_questions"}
 
 
 def recipe_hash(cfg: RunConfig) -> str:
-    """What determines the trained policy: the world, the architecture, the schedule, the seed."""
+    """What determines the trained policy: the world, the architecture, the schedule, its seed
+    (not the run's seed: runs with different seeds share one base policy)."""
     import hashlib
 
     blob = {"policy": cfg.policy.model_dump(mode="json", exclude=_NOT_RECIPE),
-            "world": cfg.data.synthetic.model_dump(mode="json"), "seed": cfg.seed}
+            "world": cfg.data.synthetic.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -52,7 +53,7 @@ def build_model(cfg: RunConfig, tokenizer):
         num_key_value_heads=p.num_heads, max_position_embeddings=512, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.policy.seed)
     return LlamaForCausalLM(mcfg)
 
 
@@ -110,7 +111,7 @@ def train_policy(cfg: RunConfig, train: list[Question], log=print):
         frac = (step - p.warmup_steps) / max(1, p.steps - p.warmup_steps)
         return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * frac))
 
-    batches = _batches(encoded, p.batch_size, random.Random(cfg.seed))
+    batches = _batches(encoded, p.batch_size, random.Random(cfg.policy.seed))
     model.train()
     t0, running = time.time(), None
     for step in range(p.steps):
@@ -164,7 +165,7 @@ def run(cfg: RunConfig, train: list[Question], test: list[Question], out_dir: Pa
             shutil.rmtree(out_dir)
         shutil.copytree(ASSETS / h, out_dir)
         return out_dir
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.policy.seed)
     t0 = time.time()
     model, tokenizer = train_policy(cfg, train, log)
     metrics = evaluate_policy(model, tokenizer, test[: cfg.policy.eval_questions])

@@ -87,7 +87,12 @@ greedy drafts and best-of-N samples; "vs rollout labels" = the label stage's hel
 
 def make_plots(out: Path, metrics: dict, examples: list[dict], orm_probs, sorm_probs,
                oracle_labels, n_examples: int) -> list[Path]:
+    """Writes the PNGs and ``plots.json`` (each PNG's series labels, so tests and readers can
+    check what a plot shows without looking at pixels)."""
+    import json
+
     paths = []
+    series: dict[str, list[str]] = {}
     # 1. accuracy per strategy
     names = list(metrics["refinement"])
     acc = [100 * metrics["refinement"][k]["accuracy"] for k in names]
@@ -101,6 +106,7 @@ def make_plots(out: Path, metrics: dict, examples: list[dict], orm_probs, sorm_p
         ax.text(i, a + 0.5, f"{a:.1f}", ha="center", fontsize=8)
     fig.tight_layout()
     paths.append(_save(fig, out / "accuracy_by_strategy.png"))
+    series["accuracy_by_strategy.png"] = names
 
     # 2. ROC of ORM vs SORM step scores against oracle step labels
     if oracle_labels is not None:
@@ -118,6 +124,7 @@ def make_plots(out: Path, metrics: dict, examples: list[dict], orm_probs, sorm_p
         ax.set_ylabel("true positive rate")
         ax.set_title("Step scores vs oracle step correctness")
         ax.legend()
+        series["roc_orm_sorm.png"] = [t.get_text() for t in ax.get_legend().get_texts()]
         fig.tight_layout()
         paths.append(_save(fig, out / "roc_orm_sorm.png"))
 
@@ -138,8 +145,10 @@ def make_plots(out: Path, metrics: dict, examples: list[dict], orm_probs, sorm_p
         axes[0][0].set_ylabel("P(step leads to a right answer)")
         axes[0][0].legend(fontsize=7)
         fig.suptitle("Per-step scores on wrong drafts (red: located step)", fontsize=9)
+        series["step_traces.png"] = [t.get_text() for t in axes[0][0].get_legend().get_texts()]
         fig.tight_layout()
         paths.append(_save(fig, out / "step_traces.png"))
+    (out / "plots.json").write_text(json.dumps(series, indent=2))
     return paths
 
 

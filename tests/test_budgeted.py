@@ -89,11 +89,11 @@ def _exhaustive(items: list[dict], k: int) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("k,chunk", [(8, 2), (5, 2), (4, 1), (3, 8)])
-def test_search_finds_the_same_labels_as_exhaustive_with_fewer_rollouts(k, chunk):
+@pytest.mark.parametrize("k,chunk,split", [(8, 2, 0.25), (5, 2, 0.5), (4, 1, 0.0), (3, 8, 0.9)])
+def test_search_finds_the_same_labels_as_exhaustive_with_fewer_rollouts(k, chunk, split):
     items = world_items()
     policy = OraclePolicy(items)
-    rows = search(items, policy, k=k, chunk=chunk)
+    rows = search(items, policy, k=k, chunk=chunk, split=split)
     exhaustive = _exhaustive(items, k)
     got, want = _labels(items, rows), _labels(items, exhaustive)
     for key in want:
@@ -121,10 +121,10 @@ def test_probes_stop_at_first_success_and_negatives_use_k():
             assert len(rs) == -(-(i + 1) // chunk) * chunk
         else:
             assert len(rs) == k
-    # probed prefixes of one sample are a binary search: at most ceil(log2(m + 1)) + 1 of them
+    # each prefix is probed at most once, and never more prefixes than a sample has
     probed: Counter = Counter((q, s) for q, s, _ in per)
     m = {(it["qid"], it["sample_id"]): n_prefixes(it["steps"]) for it in items}
-    assert all(v <= (m[key]).bit_length() + 1 for key, v in probed.items())
+    assert all(v <= m[key] for key, v in probed.items())
 
 
 def test_rows_are_rollout_shaped_and_graded_on_prefix_plus_continuation():
@@ -142,6 +142,8 @@ def test_bad_input_is_rejected():
     items = world_items(1)
     with pytest.raises(ValueError, match="lacks"):
         search([{"qid": "x", "steps": []}], OraclePolicy(items), k=2, chunk=1)
+    with pytest.raises(ValueError, match="split"):
+        search(items, OraclePolicy(items), k=2, chunk=1, split=1.0)
     with pytest.raises(ValueError, match="k and chunk"):
         search(items, OraclePolicy(items), k=0, chunk=1)
     with pytest.raises(RuntimeError, match="continuations"):

@@ -25,15 +25,16 @@ def test_checkpoint_is_a_plain_hf_folder(tiny_policy):
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_shipped_policy_is_in_the_regime(seed):
+@pytest.mark.parametrize("run_seed", [0, 1])
+def test_shipped_policy_is_in_the_regime(run_seed):
+    """Runs with different seeds share the base policy (policy.seed and the world's seed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = load_config(REPO / "configs/embedded.yaml", [f"seed={seed}"])
+    cfg = load_config(REPO / "configs/embedded.yaml", [f"seed={run_seed}"])
     folder = ASSETS / recipe_hash(cfg)
-    assert folder.exists(), f"no shipped policy for seed {seed}: run scripts/ship_policy.py {seed}"
+    assert folder.exists(), "no shipped policy: run scripts/ship_policy.py 0"
     recorded = json.loads((folder / "glore_policy.json").read_text())["metrics"]
-    _, test = synthetic.generate(cfg.data.synthetic, seed)
+    _, test = synthetic.generate(cfg.data.synthetic, cfg.data.synthetic.seed)
     m = evaluate_policy(AutoModelForCausalLM.from_pretrained(folder).eval(),
                         AutoTokenizer.from_pretrained(folder), test[: cfg.policy.eval_questions])
     assert m["greedy_accuracy"] == pytest.approx(recorded["greedy_accuracy"], abs=0.02)
@@ -46,4 +47,6 @@ def test_recipe_hash_ignores_bookkeeping_but_not_the_recipe():
     a = load_config(None)
     assert recipe_hash(a) == recipe_hash(load_config(None, ["policy.shipped=false"]))
     assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.steps=10"]))
-    assert recipe_hash(a) != recipe_hash(load_config(None, ["seed=1"]))
+    assert recipe_hash(a) == recipe_hash(load_config(None, ["seed=1"]))  # the run's seed
+    assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.seed=1"]))
+    assert recipe_hash(a) != recipe_hash(load_config(None, ["data.synthetic.seed=1"]))

@@ -12,7 +12,7 @@ def load(cfg: RunConfig) -> tuple[list[Question], list[Question]]:
     if d.source == "synthetic":
         from glore_ray.data.synthetic import generate
 
-        return generate(d.synthetic, cfg.seed)
+        return generate(d.synthetic, d.synthetic.seed)
     from glore_ray.data import gsm8k
 
     if d.source == "gsm8k_jsonl":

@@ -12,6 +12,8 @@ torchrun ``deepspeed.init_distributed`` does it from the environment).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import random
@@ -294,6 +296,13 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
     train_ex, eval_ex = task.encode(train_rows), task.encode(eval_rows)
 
     # Every rank must run the same number of micro-steps (collectives inside each step).
+    min_rows = int(_all_reduce([len(train_ex)], dist.ReduceOp.MIN)[0])
+    if 0 < min_rows < spec.batch_size * spec.grad_accum:
+        # A small set (smoke runs, a strict balancing) still trains: shrink the micro-batch.
+        if rank == 0:
+            print(f"[{spec.name}] only {min_rows} rows per rank: micro-batch "
+                  f"{spec.batch_size} -> {max(1, min_rows // spec.grad_accum)}", flush=True)
+        spec = dataclasses.replace(spec, batch_size=max(1, min_rows // spec.grad_accum))
     n_micro = int(_all_reduce([len(train_ex) // spec.batch_size], dist.ReduceOp.MIN)[0])
     steps_per_epoch = n_micro // spec.grad_accum
     if steps_per_epoch == 0:
