@@ -167,6 +167,7 @@ class ServeConfig(_Strict):
     api_key_env: str = "GLORE_API_KEY"
     engine: Literal["auto", "vllm", "hf"] = "auto"  # generator engine (auto = vLLM if importable)
     replica_cpus: float = Field(0.5, gt=0)  # Ray CPUs (and torch threads) per model replica
+    replica_gpus: float = Field(0.0, ge=0)  # GPUs per model replica (GPU clusters: e.g. 1)
     # Autoscaling: a replica count above *_replicas turns it on (0 = fixed replica counts).
     generator_max_replicas: int = Field(0, ge=0)
     reward_max_replicas: int = Field(0, ge=0)

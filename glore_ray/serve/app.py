@@ -40,7 +40,8 @@ def model_paths_for(cfg: RunConfig) -> dict[str, str]:
 
 def _options(s: ServeConfig, replicas: int, max_replicas: int) -> dict[str, Any]:
     opts: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": s.replica_cpus},
+        # On GPU clusters the model replicas must land on GPU nodes, not the CPU head.
+        "ray_actor_options": {"num_cpus": s.replica_cpus, "num_gpus": s.replica_gpus},
         "user_config": {"max_batch_size": s.max_batch_size,
                         "batch_wait_timeout_s": s.batch_wait_timeout_s},
     }
