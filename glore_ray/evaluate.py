@@ -157,6 +157,9 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
         "local_oracle_when": [lo if not ok else d for d, lo, ok in zip(drafts, locals_, d_ok)],
         "glore_oracle_when": [c if not ok else d for d, c, ok in zip(drafts, glore_choice, d_ok)],
     }
+    sample_ok = [[is_correct(s, q.answer) for s in row] for row, q in zip(samples, questions)]
+    sampling = {"sample_accuracy": sum(map(sum, sample_ok)) / max(1, n * k),
+                f"pass_at_{k}": sum(any(r) for r in sample_ok) / n}
     refinement = {}
     n_wrong = max(1, n - sum(d_ok))
     for name, sols in chosen.items():
@@ -185,6 +188,7 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
 
     metrics = {
         "n_questions": n, "has_oracle": has_oracle, "refinement": refinement,
+        "best_of_n_samples": sampling,
         "reward_models": reward, "located_share": len(loc_idx) / n,
         "thresholds": {"when": sv.when_threshold, "where": sv.where_threshold},
         "evaluate_timings_s": timings, "stage_seconds": _stage_seconds(paths),

@@ -47,7 +47,8 @@ class RunPaths:
     """Where every stage reads and writes, under ``<output_dir>/<name>/``."""
 
     def __init__(self, cfg: RunConfig):
-        self.root = cfg.run_dir
+        # Absolute: Ray workers (train, serve) do not share the driver's working directory.
+        self.root = cfg.run_dir.resolve()
 
     def stage(self, name: str) -> Path:
         return self.root / name

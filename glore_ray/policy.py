@@ -196,5 +196,9 @@ def stage(cfg: RunConfig, paths, log=print) -> dict:
 
 
 def policy_path(cfg: RunConfig, paths) -> str:
-    """The folder or hub id of the policy every later stage loads."""
-    return cfg.policy.model or str(paths.policy)
+    """The folder or hub id of the policy every later stage loads (local folders made absolute,
+    since Ray workers run in their own working directories)."""
+    if cfg.policy.model is None:
+        return str(paths.policy)
+    local = Path(cfg.policy.model).expanduser()
+    return str(local.resolve()) if local.exists() else cfg.policy.model

@@ -68,6 +68,9 @@ def render(cfg, metrics: dict) -> str:
 
 {refinement_table(metrics)}
 
+Best-of-N pool: {metrics.get('best_of_n_samples', {})} (per-sample accuracy and pass@N of the
+policy samples the ORM reranks).
+
 ## Reward models
 
 Step accuracy at threshold 0.5; "vs oracle" = the synthetic world's true first wrong step on the
