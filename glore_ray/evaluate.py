@@ -24,17 +24,11 @@ from glore_ray.data.synthetic import oracle_step_labels
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.prompts import global_prompt, local_prompt, policy_prompt, prefix_text
 from glore_ray.records import Question, write_json
+from glore_ray.serve.graph import locate, orm_score as _final  # the same *where* / rerank score as serving
+from glore_ray.train.reward import step_metrics
 
 STRATEGIES = ["greedy", "best_of_n", "global", "local", "glore", "global_oracle_when",
               "local_oracle_when", "glore_oracle_when"]
-
-
-def locate_bad_step(step_probs: list[float], threshold: float) -> int | None:
-    """*Where*: the first step whose SORM probability is below the threshold (None = none)."""
-    for i, p in enumerate(step_probs):
-        if p < threshold:
-            return i
-    return None
 
 
 def rerank(candidates: list[str], orm_final: list[float]) -> int:
@@ -63,23 +57,7 @@ def _scores(scorer, questions: list[str], steps: list[list[str]]) -> list[list[f
     return out
 
 
-def _final(probs: list[float]) -> float:
-    return probs[-1] if probs else 0.0
-
-
 # ------------------------------------------------------------------ reward-model metrics
-
-def step_metrics(probs: list[list[float]], labels: list[list[float]]) -> dict:
-    """Step-level accuracy (threshold 0.5) and AUC of per-step probabilities against labels."""
-    from sklearn.metrics import roc_auc_score
-
-    p = [x for row in probs for x in row]
-    y = [int(v >= 0.5) for row in labels for v in row]
-    acc = sum((pi >= 0.5) == bool(yi) for pi, yi in zip(p, y)) / max(1, len(y))
-    auc = roc_auc_score(y, p) if 0 < sum(y) < len(y) else float("nan")
-    return {"step_accuracy": acc, "step_auc": auc, "n_steps": len(y),
-            "positive_share": sum(y) / max(1, len(y))}
-
 
 def final_metrics(probs: list[list[float]], correct: list[bool]) -> dict:
     pred = [_final(p) >= 0.5 for p in probs]
@@ -120,7 +98,7 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
 
     orm, sorm = RewardScorer(str(paths.model("orm"))), RewardScorer(str(paths.model("sorm")))
     sorm_draft = timed("sorm_scores", _scores, sorm, qs, draft_steps)
-    located = [locate_bad_step(p, sv.where_threshold) for p in sorm_draft]
+    located = [locate(p, sv.where_threshold) for p in sorm_draft]
 
     # Global: every draft (the paper's main table refines always); local: drafts with a located
     # step (no located step = nothing to fix locally, the draft stands).
@@ -239,4 +217,4 @@ def _stage_seconds(paths) -> dict:
     return out
 
 
-__all__ = ["run", "locate_bad_step", "rerank", "step_metrics", "STRATEGIES", "extract_answer"]
+__all__ = ["run", "rerank", "STRATEGIES", "extract_answer"]

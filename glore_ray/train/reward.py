@@ -150,7 +150,7 @@ def step_metrics(probs: Sequence[Sequence[float]] | Sequence[float],
     """Step-level accuracy (probability >= threshold vs label >= 0.5) and ROC AUC.
 
     Takes per-solution lists (``[[p, p], [p]]``) or flat lists; AUC is NaN when the labels hold a
-    single class. Same keys as ``glore_ray.evaluate.step_metrics``."""
+    single class. The evaluate stage reports with this same function."""
     def flat(x):
         return [float(v) for row in x for v in row] if x and isinstance(x[0], (list, tuple)) \
             else [float(v) for v in x]
