@@ -2,11 +2,15 @@
 
 1. Reward models — ORM vs SORM step-level accuracy / AUC against the oracle's step labels
    (synthetic world) and against rollout labels (the label stage's held-out SORM split), and
-   final-answer accuracy (the last step's probability > 0.5 vs the solution's correctness).
+   final-answer accuracy (the last step's probability > 0.5 vs the solution's correctness), and
+   within-question pairwise accuracy (right above wrong among one question's solutions: what a
+   reranker needs).
 2. Refinement — accuracy of: greedy draft; best-of-N policy samples reranked by the ORM; global
-   only; local only (SORM-located); global + local + ORM rerank over {draft, global, local}; and
-   *oracle-when* variants that refine only the drafts that are really wrong. For each: the share of
-   wrong drafts it fixes and of right drafts it breaks.
+   only; local only (SORM-located); global + local + ORM rerank over {draft, global, local}, always
+   (the paper's main table) and gated by the ORM's *when* (``serve.when_threshold``); *oracle-when*
+   variants that refine only the drafts that are really wrong; and the *oracle-rerank* ceiling
+   (right when any of the three candidates is). For each: the share of wrong drafts it fixes and
+   of right drafts it breaks.
 
 Generation runs through the same engines as the rollout stage (vLLM when available), scoring
 through the trained reward models. Writes ``report.md``, ``metrics.json`` and PNG plots.
@@ -27,8 +31,25 @@ from glore_ray.records import Question, write_json
 from glore_ray.serve.graph import locate, orm_score as _final  # the same *where* / rerank score as serving
 from glore_ray.train.reward import step_metrics
 
-STRATEGIES = ["greedy", "best_of_n", "global", "local", "glore", "global_oracle_when",
-              "local_oracle_when", "glore_oracle_when"]
+STRATEGIES = ["greedy", "best_of_n", "global", "local", "glore", "glore_when", "global_oracle_when",
+              "local_oracle_when", "glore_oracle_when", "glore_oracle_rerank"]
+
+
+def within_question_pairwise(final: list[float], ok: list[bool], groups: list[int]) -> dict:
+    """How often a reward model scores a right solution above a wrong one *of the same question*
+    (ties count half): the accuracy of reranking, which AUC over all solutions hides when the
+    model mostly tells easy questions from hard ones."""
+    by: dict[int, list[tuple[float, bool]]] = {}
+    for f, o, g in zip(final, ok, groups):
+        by.setdefault(g, []).append((f, o))
+    wins = pairs = 0.0
+    for items in by.values():
+        for fr, okr in items:
+            for fw, okw in items:
+                if okr and not okw:
+                    pairs += 1
+                    wins += 1.0 if fr > fw else 0.5 if fr == fw else 0.0
+    return {"pairwise_accuracy": wins / pairs if pairs else float("nan"), "n_pairs": int(pairs)}
 
 
 def rerank(candidates: list[str], orm_final: list[float]) -> int:
@@ -135,6 +156,15 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
         "local_oracle_when": [lo if not ok else d for d, lo, ok in zip(drafts, locals_, d_ok)],
         "glore_oracle_when": [c if not ok else d for d, c, ok in zip(drafts, glore_choice, d_ok)],
     }
+    # *When* from the ORM as in serving's gated mode: refine only drafts it scores under the
+    # threshold; and the rerank ceiling: right whenever any of {draft, global, local} is right.
+    refine = [_final(p) < sv.when_threshold for p in orm_d]
+    chosen["glore_when"] = [c if r else d for d, c, r in zip(drafts, glore_choice, refine)]
+    cands = list(zip(drafts, globals_, locals_))
+    chosen["glore_oracle_rerank"] = [
+        next((c for c, ok in zip(cs, oks) if ok), cs[0])
+        for cs, oks in zip(cands, zip(d_ok, g_ok, l_ok))]
+    chosen = {name: chosen[name] for name in STRATEGIES}
     sample_ok = [[is_correct(s, q.answer) for s in row] for row, q in zip(samples, questions)]
     sampling = {"sample_accuracy": sum(map(sum, sample_ok)) / max(1, n * k),
                 f"pass_at_{k}": sum(any(r) for r in sample_ok) / n}
@@ -162,6 +192,10 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
                                "sorm": step_metrics(sorm_pool, oracle)}
     reward["final_answer"] = {"orm": final_metrics(orm_pool, pool_ok),
                               "sorm": final_metrics(sorm_pool, pool_ok)}
+    groups = list(range(n)) + [i for i in range(n) for _ in range(k)]
+    reward["within_question"] = {
+        m: within_question_pairwise([_final(p) for p in probs], pool_ok, groups)
+        for m, probs in (("orm", orm_pool), ("sorm", sorm_pool))}
     reward["vs_rollout_labels"] = _vs_rollout_labels(paths, orm, sorm)
 
     metrics = {
@@ -169,6 +203,7 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
         "best_of_n_samples": sampling,
         "reward_models": reward, "located_share": len(loc_idx) / n,
         "thresholds": {"when": sv.when_threshold, "where": sv.where_threshold},
+        "refined_share_when": sum(refine) / n,
         "evaluate_timings_s": timings, "stage_seconds": _stage_seconds(paths),
     }
     examples = [{"question": qs[i], "draft_steps": draft_steps[i], "sorm": sorm_draft[i],
@@ -217,4 +252,4 @@ def _stage_seconds(paths) -> dict:
     return out
 
 
-__all__ = ["run", "rerank", "STRATEGIES", "extract_answer"]
+__all__ = ["run", "rerank", "within_question_pairwise", "STRATEGIES", "extract_answer"]

@@ -15,6 +15,8 @@ LABELS = {
     "local": "local only (SORM where)", "glore": "global+local+ORM rerank",
     "global_oracle_when": "global, oracle when", "local_oracle_when": "local, oracle when",
     "glore_oracle_when": "global+local+rerank, oracle when",
+    "glore_when": "global+local+ORM rerank, ORM when",
+    "glore_oracle_rerank": "global+local, oracle rerank (ceiling)",
 }
 
 
@@ -34,13 +36,14 @@ def refinement_table(metrics: dict) -> str:
 def reward_table(metrics: dict) -> str:
     rm = metrics["reward_models"]
     rows = ["| model | step acc. vs oracle | step AUC vs oracle | step acc. vs rollout labels | "
-            "final-answer acc. |", "|---|---|---|---|---|"]
+            "final-answer acc. | right > wrong, same question |", "|---|---|---|---|---|---|"]
     for m in ("orm", "sorm"):
         vo = rm.get("vs_oracle", {}).get(m, {})
         vr = rm.get("vs_rollout_labels", {}).get(m, {})
         rows.append(f"| {m.upper()} | {_pct(vo.get('step_accuracy'))} | "
                     f"{vo.get('step_auc', float('nan')):.3f} | {_pct(vr.get('step_accuracy'))} | "
-                    f"{_pct(rm['final_answer'][m]['final_answer_accuracy'])} |")
+                    f"{_pct(rm['final_answer'][m]['final_answer_accuracy'])} | "
+                    f"{_pct(rm.get('within_question', {}).get(m, {}).get('pairwise_accuracy'))} |")
     return "\n".join(rows)
 
 
@@ -60,9 +63,13 @@ def render(cfg, metrics: dict) -> str:
     plots = "\n".join(f"![{p}]({p})" for p in metrics.get("plots", []))
     return f"""# GLoRe report — {cfg.name} (seed {cfg.seed})
 
-{metrics['n_questions']} held-out test questions; *when* = always refine (the paper's main table),
-*where* threshold {metrics['thresholds']['where']}; SORM located a step in
-{_pct(metrics['located_share'])} of drafts.
+{metrics['n_questions']} held-out test questions; *when* = always refine (the paper's main table)
+except "ORM when" (refine when the draft's ORM score < {metrics['thresholds']['when']}: \
+{_pct(metrics.get('refined_share_when'))} of drafts); *where* threshold
+{metrics['thresholds']['where']}; SORM located a step in {_pct(metrics['located_share'])} of drafts.
+"Right > wrong, same question" is how often a reward model scores a right solution above a wrong
+one to the same question (draft and best-of-N samples; 50% = no better than chance): the ORM's
+accuracy as a reranker.
 
 ## Refinement
 
