@@ -94,6 +94,16 @@ def collate(encoded, batch: list[int], pad_id: int):
     return ids, mask, labels
 
 
+def sft_step(model, opt, ids, mask, labels) -> float:
+    """One optimiser step of next-token loss on the labelled tokens (clip 1.0); returns the loss."""
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
 def train_policy(cfg: RunConfig, train: list[Question], log=print):
     p = cfg.policy
     tokenizer = build_tokenizer(synthetic.vocabulary())
@@ -117,13 +127,8 @@ def train_policy(cfg: RunConfig, train: list[Question], log=print):
     for step in range(p.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        ids, mask, labels = collate(encoded, next(batches), tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        loss = sft_step(model, opt, *collate(encoded, next(batches), tokenizer.pad_token_id))
+        running = loss if running is None else 0.98 * running + 0.02 * loss
         if (step + 1) % 100 == 0 or step + 1 == p.steps:
             log(f"policy step {step + 1}/{p.steps} loss {running:.4f} "
                 f"({time.time() - t0:.0f}s)")
