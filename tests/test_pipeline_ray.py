@@ -49,9 +49,9 @@ def test_every_stage_ran_and_the_report_has_its_structure(smoke_run):
         assert (root / s / "_DONE.json").exists(), s
     report = root / "evaluate"
     m = json.loads((report / "metrics.json").read_text())
-    assert list(m["refinement"]) == ["greedy", "best_of_n", "global", "local", "glore",
-                                     "glore_when", "global_oracle_when", "local_oracle_when",
-                                     "glore_oracle_when", "glore_oracle_rerank"]
+    assert set(m["refinement"]) == {"greedy", "best_of_n", "global", "local", "glore",
+                                    "glore_when", "global_oracle_when", "local_oracle_when",
+                                    "glore_oracle_when", "glore_oracle_rerank"}
     # the ceiling is never below what the ORM picks from the same three candidates
     assert m["refinement"]["glore_oracle_rerank"]["accuracy"] >= m["refinement"]["glore"]["accuracy"]
     for rm in ("orm", "sorm"):
