@@ -82,16 +82,11 @@ def _batches(encoded, batch_size: int, rng: random.Random):
 
 
 def collate(encoded, batch: list[int], pad_id: int):
-    width = max(len(encoded[i][0]) for i in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, i in enumerate(batch):
-        seq, n_prompt = encoded[i]
-        ids[r, : len(seq)] = torch.tensor(seq)
-        mask[r, : len(seq)] = 1
-        labels[r, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-    return ids, mask, labels
+    """(input_ids, attention_mask, labels) for the chosen ``encoded`` pairs; loss on the answer."""
+    from glore_ray.train.sft import collate as sft_collate
+
+    b = sft_collate([{"ids": encoded[i][0], "n_prompt": encoded[i][1]} for i in batch], pad_id)
+    return b["input_ids"], b["attention_mask"], b["labels"]
 
 
 def sft_step(model, opt, ids, mask, labels) -> float:

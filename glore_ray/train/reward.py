@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from glore_ray.prompts import policy_prompt
+from glore_ray.train.batching import pad_right
 
 UNSCORED = 0.5  # probability reported for a step cut off by the context window (never in practice)
 
@@ -91,16 +92,10 @@ def encode_rows(tokenizer, rows: Sequence[dict], max_len: int) -> list[dict]:
 
 def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; ``targets``/``weights`` are dense (B, T) with weight 0 off the step ends."""
-    width = max(len(e["ids"]) for e in examples)
-    b = len(examples)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, width), dtype=torch.long)
-    targets = torch.zeros((b, width), dtype=torch.float32)
-    weights = torch.zeros((b, width), dtype=torch.float32)
+    ids, attn = pad_right([e["ids"] for e in examples], pad_id)
+    targets = torch.zeros(ids.shape, dtype=torch.float32)
+    weights = torch.zeros(ids.shape, dtype=torch.float32)
     for i, e in enumerate(examples):
-        n = len(e["ids"])
-        ids[i, :n] = torch.tensor(e["ids"])
-        attn[i, :n] = 1
         if e["positions"]:
             pos = torch.tensor(e["positions"])
             targets[i, pos] = torch.tensor(e["targets"])

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from glore_ray.train.batching import pad_right
+
 
 def encode_pair(tokenizer, prompt: str, target: str, max_len: int) -> tuple[list[int], int]:
     """(ids ending in EOS, number of leading prompt tokens). Over-long pairs lose prompt tokens
@@ -52,16 +54,11 @@ def encode_rows(tokenizer, rows: Sequence[dict], max_len: int) -> list[dict]:
 
 
 def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e["ids"]) for e in examples)
-    b = len(examples)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, width), dtype=torch.long)
-    labels = torch.full((b, width), -100, dtype=torch.long)
+    ids, attn = pad_right([e["ids"] for e in examples], pad_id)
+    labels = torch.full_like(ids, -100)
     for i, e in enumerate(examples):
-        seq = torch.tensor(e["ids"])
-        ids[i, : len(seq)] = seq
-        attn[i, : len(seq)] = 1
-        labels[i, e["n_prompt"] : len(seq)] = seq[e["n_prompt"]:]
+        n = len(e["ids"])
+        labels[i, e["n_prompt"] : n] = ids[i, e["n_prompt"] : n]
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
