@@ -28,7 +28,8 @@ from glore_ray.data.synthetic import oracle_step_labels
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.prompts import global_prompt, local_prompt, policy_prompt, prefix_text
 from glore_ray.records import Question, write_json
-from glore_ray.serve.graph import locate, orm_score as _final  # the same *where* / rerank score as serving
+# the same *when* / *where* / rerank decisions as serving
+from glore_ray.serve.graph import locate, orm_score as _final, should_refine
 from glore_ray.train.reward import step_metrics
 
 STRATEGIES = ["greedy", "best_of_n", "global", "local", "glore", "glore_when", "global_oracle_when",
@@ -149,22 +150,21 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     glore_choice = [[drafts[i], globals_[i], locals_[i]][
         rerank([drafts[i], globals_[i], locals_[i]],
                [_final(orm_d[i]), _final(orm_g[i]), _final(orm_l[i])])] for i in range(n)]
+    # *When* from the ORM as in serving's gated mode; the oracle-rerank ceiling is right whenever
+    # any of {draft, global, local} is.
+    refine = [should_refine(_final(p), sv.when_threshold) for p in orm_d]
     chosen = {
         "greedy": drafts, "best_of_n": bon_choice, "global": globals_, "local": locals_,
         "glore": glore_choice,
+        "glore_when": [c if r else d for d, c, r in zip(drafts, glore_choice, refine)],
         "global_oracle_when": [g if not ok else d for d, g, ok in zip(drafts, globals_, d_ok)],
         "local_oracle_when": [lo if not ok else d for d, lo, ok in zip(drafts, locals_, d_ok)],
         "glore_oracle_when": [c if not ok else d for d, c, ok in zip(drafts, glore_choice, d_ok)],
+        "glore_oracle_rerank": [
+            next((c for c, ok in zip(cs, oks) if ok), cs[0])
+            for cs, oks in zip(zip(drafts, globals_, locals_), zip(d_ok, g_ok, l_ok))],
     }
-    # *When* from the ORM as in serving's gated mode: refine only drafts it scores under the
-    # threshold; and the rerank ceiling: right whenever any of {draft, global, local} is right.
-    refine = [_final(p) < sv.when_threshold for p in orm_d]
-    chosen["glore_when"] = [c if r else d for d, c, r in zip(drafts, glore_choice, refine)]
-    cands = list(zip(drafts, globals_, locals_))
-    chosen["glore_oracle_rerank"] = [
-        next((c for c, ok in zip(cs, oks) if ok), cs[0])
-        for cs, oks in zip(cands, zip(d_ok, g_ok, l_ok))]
-    chosen = {name: chosen[name] for name in STRATEGIES}
+    assert list(chosen) == STRATEGIES  # the report's row order
     sample_ok = [[is_correct(s, q.answer) for s in row] for row, q in zip(samples, questions)]
     sampling = {"sample_accuracy": sum(map(sum, sample_ok)) / max(1, n * k),
                 f"pass_at_{k}": sum(any(r) for r in sample_ok) / n}

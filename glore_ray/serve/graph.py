@@ -109,6 +109,11 @@ def orm_score(step_probs: list[float]) -> float:
     return float(step_probs[-1]) if step_probs else 0.0
 
 
+def should_refine(draft_orm_score: float, when_threshold: float) -> bool:
+    """*When* (gated mode): refine a draft whose ORM score is under the threshold."""
+    return draft_orm_score < when_threshold
+
+
 def locate(sorm_scores: list[float], threshold: float) -> int | None:
     """*Where*: the first step whose SORM probability is under the threshold (None = all pass)."""
     return next((i for i, s in enumerate(sorm_scores) if s < threshold), None)
@@ -134,7 +139,8 @@ async def solve(question: str, mode: Mode, models: Models, params: GraphParams,
     draft.orm_score = orm_score(draft_probs)
     candidates = [draft]
 
-    refine = mode != "draft" and (params.always_refine or draft.orm_score < params.when_threshold)
+    refine = mode != "draft" and (params.always_refine
+                                   or should_refine(draft.orm_score, params.when_threshold))
     sorm_scores: list[float] | None = None
     where: int | None = None
     if refine:
