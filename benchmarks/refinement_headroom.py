@@ -174,12 +174,17 @@ def main() -> None:
                           "oracle_located_wrong_drafts": len(located), **refiners},
         "orm_within_question_pairwise": within.get("orm", {}).get("pairwise_accuracy"),
         "sorm_within_question_pairwise": within.get("sorm", {}).get("pairwise_accuracy"),
-        "seconds": round(time.time() - t0, 1), "machine": platform.processor() or platform.machine(),
-        "command": "benchmarks/refinement_headroom.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "out"),
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(out, a, "benchmarks/refinement_headroom.py", t0)
+
+
+def write_result(out: dict, args, script: str, t0: float) -> None:
+    """Stamp the seconds, machine and command line on a result, write it to ``args.out``, print it."""
+    out.update(seconds=round(time.time() - t0, 1), machine=platform.processor() or platform.machine(),
+               command=script + " " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                               for k, v in vars(args).items() if k != "out"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 
