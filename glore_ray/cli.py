@@ -6,7 +6,11 @@ Exit codes: 0 ok, 1 a stage failed, 2 bad input (config, overrides, missing file
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import sys
+import traceback
+from pathlib import Path
 
 from glore_ray.config import ConfigError, RunConfig, load_config
 from glore_ray.pipeline import STAGE_NAMES
@@ -36,6 +40,47 @@ def _parser() -> argparse.ArgumentParser:
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
+
+
+class _Tee:
+    """A text stream that writes to the terminal stream and to the run's log file."""
+
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    def write(self, text: str) -> int:
+        if not self.file.closed:  # a Ray log thread may still hold this stream after the run
+            self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        if not self.file.closed:
+            self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ... of the terminal stream
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def run_log(path: Path, argv: list[str]):
+    """Append everything the command prints to ``path`` as well — stage lines, progress, the Ray
+    workers' lines that Ray forwards to the driver, and the traceback if a stage fails — so a run's
+    folder keeps its own log. Output written straight to the file descriptors by child processes
+    (compilers, DeepSpeed's build) reaches only the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as f:
+        f.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} glore "
+                f"{' '.join(argv)}\n")
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, f), _Tee(err, f)
+        try:
+            yield
+        except BaseException as e:
+            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+            raise
+        finally:
+            sys.stdout, sys.stderr = out, err
 
 
 def dispatch(command: str, cfg: RunConfig, force: bool = False, until: str | None = None) -> int:
@@ -73,16 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"glore: error: {e}", file=sys.stderr)
         return 2
-    try:
-        return dispatch(args.command, cfg, getattr(args, "force", False),
-                        getattr(args, "until", None))
-    except (FileNotFoundError, ConfigError) as e:
-        print(f"glore: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("glore: interrupted; finished stages are kept and will be skipped on rerun",
-              file=sys.stderr)
-        return 130
+    logged = args.command == "run" or args.command in STAGE_NAMES
+    log_file = cfg.run_dir / "logs" / "glore.log"
+    with run_log(log_file, sys.argv[1:] if argv is None else argv) if logged \
+            else contextlib.nullcontext():
+        try:
+            return dispatch(args.command, cfg, getattr(args, "force", False),
+                            getattr(args, "until", None))
+        except (FileNotFoundError, ConfigError) as e:
+            print(f"glore: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("glore: interrupted; finished stages are kept and will be skipped on rerun",
+                  file=sys.stderr)
+            return 130
+        except Exception:
+            print(f"glore: {args.command} failed; the traceback is also in {log_file}",
+                  file=sys.stderr)
+            raise
 
 
 if __name__ == "__main__":

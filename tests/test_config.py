@@ -91,3 +91,21 @@ def test_stage_hash_tracks_upstream_sections():
     assert stage_hash(a, "rollout") == stage_hash(b, "rollout")  # rollouts reused
     assert stage_hash(a, "label") != stage_hash(b, "label")
     assert stage_hash(a, "train") != stage_hash(b, "train")  # everything downstream reruns
+
+
+def test_stage_commands_keep_a_log_in_the_run_folder(tmp_path, capsys, monkeypatch):
+    """What a stage prints goes to the terminal and to runs/<name>/logs/glore.log; a failing
+    stage's traceback lands there too."""
+    monkeypatch.chdir(REPO)
+    log = tmp_path / "smoke" / "logs" / "glore.log"
+    assert main(["data", "configs/smoke.yaml", f"output_dir={tmp_path}"]) == 0
+    assert "[data] done" in capsys.readouterr().out
+    text = log.read_text()
+    assert "glore data configs/smoke.yaml" in text and "[data] done" in text
+    with pytest.raises(RuntimeError, match="needs stage 'policy' first"):
+        main(["sample", "configs/smoke.yaml", f"output_dir={tmp_path}"])
+    assert f"the traceback is also in {log}" in capsys.readouterr().err
+    text = log.read_text()
+    assert text.count("=== ") == 2  # appended, one header per command
+    assert "Traceback" in text and "needs stage 'policy' first" in text
+    assert sys.stdout is not None and not hasattr(sys.stdout, "file")  # streams restored
