@@ -161,7 +161,9 @@ def run_all(cfg: RunConfig, log=print, until: str | None = None) -> dict:
     """Every stage in order; finished ones are skipped. Returns {stage: summary}."""
     save_config(cfg)
     summaries: dict = {}
-    for s in STAGES:
+    t0 = time.time()
+    for i, s in enumerate(STAGES, 1):
+        log(f"=== pipeline: stage {i}/{len(STAGES)} {s.name} ({time.time() - t0:.0f}s elapsed) ===")
         summary = run_stage(cfg, s.name, log)
         if summary is None:
             missing = STAGE_NAMES[STAGE_NAMES.index(s.name):]

@@ -66,6 +66,7 @@ def test_every_stage_ran_and_the_report_has_its_structure(smoke_run):
     for heading in ("## Refinement", "## Reward models", "## Stage wall times", "## Plots"):
         assert heading in text
     assert "global+local+ORM rerank" in log  # the summary table is printed at the end
+    assert "=== pipeline: stage 1/7 data" in log and "=== pipeline: stage 7/7 evaluate" in log
     # the run folder keeps the log: stage lines, the table, and the Ray workers' forwarded lines
     kept = (root / "logs" / "glore.log").read_text()
     assert "[evaluate] done" in kept and "global+local+ORM rerank" in kept and "pid=" in kept
