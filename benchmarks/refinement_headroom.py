@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import random
 import time
@@ -62,6 +61,14 @@ def local_pairs(questions, drafts) -> list[tuple[str, str]]:
     return out
 
 
+def schedule(steps: int, warmup_steps: int):
+    """The pipeline's learning-rate shape (``train/loop.lr_lambda``: linear warm-up, cosine), to 0."""
+    from glore_ray.train.loop import LoopSpec, lr_lambda
+
+    return lr_lambda(steps, LoopSpec(name="benchmark", kind="reward", policy="",
+                                     warmup_ratio=warmup_steps / steps, min_lr_ratio=0.0))
+
+
 def finetune(policy: str, pairs, steps: int, lr: float, seed: int = 0):
     """The refiner recipe in one process: AdamW, 10% warm-up then cosine, batch 32, loss on the
     target only (the pipeline trains the same loss under Ray Train + DeepSpeed)."""
@@ -74,13 +81,12 @@ def finetune(policy: str, pairs, steps: int, lr: float, seed: int = 0):
     model = AutoModelForCausalLM.from_pretrained(policy)
     enc = encode_pairs(tok, pairs)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    batches, warm = _batches(enc, 32, random.Random(seed)), max(1, steps // 10)
+    batches = _batches(enc, 32, random.Random(seed))
+    lr_at = schedule(steps, max(1, steps // 10))
     model.train()
     for s in range(steps):
-        f = (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm)
-                                                                 / max(1, steps - warm)))
         for g in opt.param_groups:
-            g["lr"] = lr * f
+            g["lr"] = lr * lr_at(s)
         sft_step(model, opt, *collate(enc, next(batches), tok.pad_token_id))
     return model.eval(), tok
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import tempfile
@@ -36,13 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refinement_headroom import REPO, greedy, write_result  # noqa: E402
-
-
-def cosine(step: int, steps: int, warm: int) -> float:
-    if step < warm:
-        return (step + 1) / warm
-    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+from refinement_headroom import REPO, greedy, schedule, write_result  # noqa: E402
 
 
 def oracle_reward_rows(questions, drafts) -> list[dict]:
@@ -74,13 +67,14 @@ def train_reward(policy: str, rows: list[dict], epochs: float, lr: float, folder
     enc = rw.encode_rows(tok, rows, 512)
     steps, rng, order, losses = max(1, int(epochs * len(enc) / 32)), random.Random(0), [], []
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    lr_at = schedule(steps, max(1, steps // 10))
     model.train()
     for s in range(steps):
         if len(order) < 32:
             order += rng.sample(range(len(enc)), len(enc))
         batch, order = rw.collate([enc[i] for i in order[:32]], tok.pad_token_id), order[32:]
         for g in opt.param_groups:
-            g["lr"] = lr * cosine(s, steps, max(1, steps // 10))
+            g["lr"] = lr * lr_at(s)
         loss, _ = rw.reward_loss(rw.step_logits(model, batch), batch)
         opt.zero_grad()
         loss.backward()
@@ -130,13 +124,14 @@ def line_verifier(tok, layers: int, hidden: int, steps: int, real: list[tuple[st
     torch.manual_seed(0)
     model, rng, t0 = LlamaForSequenceClassification(cfg), random.Random(0), time.time()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    lr_at = schedule(steps, 100)
 
     def logits(texts: list[str]) -> torch.Tensor:
         return model(**tok(texts, padding=True, return_tensors="pt")).logits[:, 0]
 
     for s in range(steps):
         for g in opt.param_groups:
-            g["lr"] = 1e-3 * cosine(s, steps, 100)
+            g["lr"] = 1e-3 * lr_at(s)
         texts, ys = zip(*(slip_line(rng) for _ in range(64)))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits(list(texts)),
                                                                     torch.tensor(ys).float())
