@@ -32,12 +32,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # serve_helpers: smoke models, free port
 
 
-def questions(n: int, seed: int = 0) -> list[str]:
-    from glore_ray.config import SyntheticConfig
-    from glore_ray.data.synthetic import make_problem
+def questions(cfg, n: int, seed: int = 0) -> list[str]:
+    """``n`` fresh questions of the config's generated world (its own stream, not a split)."""
+    from glore_ray.data import worlds
 
+    w = worlds.world_config(cfg.data)
+    if cfg.data.source == "dependency":
+        from glore_ray.data.dependency import make_problem
+    else:
+        from glore_ray.data.synthetic import make_problem
     rng = random.Random(f"bench-{seed}")
-    return [make_problem(rng, SyntheticConfig()).question for _ in range(n)]
+    return [make_problem(rng, w).question for _ in range(n)]
 
 
 def load_phase(url: str, mode: str, clients: int, seconds: float, qs: list[str],
@@ -109,7 +114,7 @@ def main() -> int:
         from glore_ray.policy import ASSETS, recipe_hash
 
         models = make_smoke_models(args.policy or ASSETS / recipe_hash(cfg), work)
-    qs = questions(256)
+    qs = questions(cfg, 256)
     init_ray()
     try:
         t0 = time.perf_counter()

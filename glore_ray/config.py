@@ -47,8 +47,32 @@ class SyntheticConfig(_Strict):
         return self
 
 
+class DependencyConfig(_Strict):
+    """The dependency world with a verification gap (the embedded default; data/dependency.py)."""
+
+    min_needed: int = Field(2, ge=2, le=16)  # quantities the answer needs (one solution line each)
+    max_needed: int = Field(5, ge=2, le=16)
+    min_distractors: int = Field(1, ge=0, le=8)  # stated quantities the answer does not need
+    max_distractors: int = Field(3, ge=0, le=8)  # needed + distractors <= 24 names
+    max_value: int = Field(15, ge=5, le=200)  # every value is an integer in 0..max_value
+    shuffle: bool = True  # clauses in random order (False: dependency order, distractors last)
+    n_train: int = Field(20000, ge=1)
+    n_test: int = Field(300, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DependencyConfig":
+        if self.min_needed > self.max_needed:
+            raise ValueError("min_needed must be <= max_needed")
+        if self.min_distractors > self.max_distractors:
+            raise ValueError("min_distractors must be <= max_distractors")
+        return self
+
+
 class DataConfig(_Strict):
-    source: Literal["synthetic", "gsm8k_jsonl", "gsm8k_hub"] = "synthetic"
+    # dependency: the embedded default (a verification gap); synthetic: the arithmetic control
+    source: Literal["dependency", "synthetic", "gsm8k_jsonl", "gsm8k_hub"] = "dependency"
+    dependency: DependencyConfig = DependencyConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     # gsm8k_jsonl: folder holding train.jsonl / test.jsonl (default: ../shared/data/gsm8k)
     path: str | None = None
@@ -65,7 +89,9 @@ class PolicyConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
-    steps: int = Field(2400, ge=1)
+    steps: int = Field(2400, ge=1)  # length of the cosine schedule
+    stop_at: int | None = Field(None, ge=1)  # stop early at this step (chosen on validation)
+    snapshot_every: int = Field(0, ge=0)  # scripts/ship_policy.py evaluates a snapshot every N
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(1e-4, ge=0)
@@ -124,6 +150,9 @@ class ModelTrainConfig(_Strict):
     batch_size: int = Field(16, ge=1)  # per worker, per micro-step
     grad_accum: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    # Reward models only: weight of the within-question ranking term beside the BCE
+    # (train/reward.ranking_loss); > 0 also batches each question's samples together.
+    rank_weight: float = Field(0.0, ge=0)
 
 
 class TrainConfig(_Strict):

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from glore_ray.config import RunConfig
 from glore_ray.data import extract_answer, is_correct, split_steps
-from glore_ray.data.synthetic import oracle_step_labels
+from glore_ray.data.worlds import first_wrong_step, oracle_step_labels
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.prompts import global_prompt, local_prompt, policy_prompt, prefix_text
 from glore_ray.records import Question, write_json
@@ -198,8 +199,13 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
         for m, probs in (("orm", orm_pool), ("sorm", sorm_pool))}
     reward["vs_rollout_labels"] = _vs_rollout_labels(paths, orm, sorm)
 
+    # How the greedy drafts go wrong, by the oracle's first wrong line (synthetic worlds only).
+    draft_errors = dict(Counter(first_wrong_step(d, q.oracle)[1]
+                                for d, q, ok in zip(drafts, questions, d_ok) if not ok)) \
+        if has_oracle else {}
     metrics = {
         "n_questions": n, "has_oracle": has_oracle, "refinement": refinement,
+        "draft_error_kinds": dict(sorted(draft_errors.items(), key=lambda kv: -kv[1])),
         "best_of_n_samples": sampling,
         "reward_models": reward, "located_share": len(loc_idx) / n,
         "thresholds": {"when": sv.when_threshold, "where": sv.where_threshold},

@@ -21,7 +21,7 @@ One StepLabel row per (sample, step):
      so all its steps end positive: the check in 1. only bites on wrong samples when this is on.
   3. ``balance`` works on the whole SORM set, per prefix length: see ``build.balance``.
 
-Oracle (synthetic world): ``oracle_label`` per step from ``synthetic.oracle_step_labels``, and the
+Oracle (synthetic world): ``oracle_label`` per step from ``worlds.oracle_step_labels``, and the
 summary reports precision/recall of ORM, raw SORM and cleaned SORM labels against it.
 """
 
@@ -226,7 +226,7 @@ def make_labels(questions: dict[str, Question], samples: list[Sample], rollouts:
 def _oracle(q: Question, s: Sample) -> list[float] | None:
     if not q.oracle:
         return None
-    from glore_ray.data.synthetic import oracle_step_labels
+    from glore_ray.data.worlds import oracle_step_labels
 
     labels = oracle_step_labels("\n".join(s.steps), q.oracle)
     return labels if len(labels) == len(s.steps) else None
@@ -246,6 +246,17 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     rollouts = _read_rollouts(Path(paths.rollouts))
     if not samples:
         raise ValueError(f"label stage: no samples in {paths.samples}")
+    right = sum(s.correct for s in samples)
+    if right == 0:
+        # Nothing to learn from: no positive ORM label and no refiner target. Say so here, before
+        # four models train on one class and the refiner sets come out empty.
+        gradable = sum(bool(s.final_answer) for s in samples)
+        raise ValueError(
+            f"label stage: none of the {len(samples)} samples answered correctly ({gradable} "
+            "ended with a gradable `#### n` answer line); the reward models need right and wrong "
+            "samples and the refiners need right ones. Fine-tune the policy on gold solutions in "
+            "the project's prompt format first, or sample more (rollout.k_samples, "
+            "rollout.n_questions).")
     log(f"[label] {len(samples)} samples, {len(rollouts)} rollouts "
         f"({'budgeted' if cfg.rollout.budgeted else 'exhaustive'} rollouts)")
     labels, quality, flips = make_labels(questions, samples, rollouts, cfg.label, log)

@@ -73,8 +73,9 @@ class Plan:
 def dataset_sizes(cfg: RunConfig) -> tuple[int, int, str]:
     """(train, test, where the numbers come from), without downloading anything."""
     d = cfg.data
-    if d.source == "synthetic":
-        return d.synthetic.n_train, d.synthetic.n_test, "synthetic world (data.synthetic)"
+    if d.source in ("dependency", "synthetic"):
+        w = getattr(d, d.source)
+        return w.n_train, w.n_test, f"generated world (data.{d.source})"
     if d.source == "gsm8k_jsonl":
         from pathlib import Path
 
@@ -91,6 +92,9 @@ def dataset_sizes(cfg: RunConfig) -> tuple[int, int, str]:
 def steps_per_solution(cfg: RunConfig) -> float:
     if cfg.plan.steps_per_solution is not None:
         return cfg.plan.steps_per_solution
+    if cfg.data.source == "dependency":  # one line per needed quantity, then `#### n`
+        w = cfg.data.dependency
+        return (w.min_needed + w.max_needed) / 2 + 1
     if cfg.data.source == "synthetic":  # one line per operation, then `#### n`
         w = cfg.data.synthetic
         return (w.min_ops + w.max_ops) / 2 + 1

@@ -21,16 +21,15 @@ from pathlib import Path
 import torch
 
 from glore_ray.config import RunConfig
-from glore_ray.data import synthetic
+from glore_ray.data import worlds
 from glore_ray.data.grading import is_correct
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.engines.hf import HFEngine
 from glore_ray.prompts import policy_prompt
 from glore_ray.records import Question, write_json
-from glore_ray.tokenizer import build_tokenizer
 
 ASSETS = Path(__file__).parent / "assets" / "policies"
-_NOT_RECIPE = {"model", "shipped", "eval_questions"}
+_NOT_RECIPE = {"model", "shipped", "eval_questions", "snapshot_every"}
 
 
 def recipe_hash(cfg: RunConfig) -> str:
@@ -38,8 +37,11 @@ def recipe_hash(cfg: RunConfig) -> str:
     (not the run's seed: runs with different seeds share one base policy)."""
     import hashlib
 
-    blob = {"policy": cfg.policy.model_dump(mode="json", exclude=_NOT_RECIPE),
-            "world": cfg.data.synthetic.model_dump(mode="json")}
+    recipe = cfg.policy.model_dump(mode="json", exclude=_NOT_RECIPE)
+    if recipe["stop_at"] is None:  # the full schedule: hashes as before stop_at existed
+        del recipe["stop_at"]
+    blob = {"policy": recipe,
+            "world": worlds.world_config(cfg.data).model_dump(mode="json")}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -99,9 +101,12 @@ def sft_step(model, opt, ids, mask, labels) -> float:
     return loss.item()
 
 
-def train_policy(cfg: RunConfig, train: list[Question], log=print):
+def train_policy(cfg: RunConfig, train: list[Question], log=print, on_snapshot=None):
+    """Train to ``policy.stop_at`` (default: the end) of a ``policy.steps`` schedule;
+    ``on_snapshot(step, model, tokenizer)`` is called every ``policy.snapshot_every`` steps and
+    stops the training (keeping that step's model) by returning True."""
     p = cfg.policy
-    tokenizer = build_tokenizer(synthetic.vocabulary())
+    tokenizer = worlds.build_world_tokenizer(cfg.data)
     model = build_model(cfg, tokenizer)
     encoded = encode_pairs(tokenizer, [(policy_prompt(q.question), q.gold_solution) for q in train])
     decay = [w for n, w in model.named_parameters() if w.dim() >= 2]
@@ -119,34 +124,49 @@ def train_policy(cfg: RunConfig, train: list[Question], log=print):
     batches = _batches(encoded, p.batch_size, random.Random(cfg.policy.seed))
     model.train()
     t0, running = time.time(), None
-    for step in range(p.steps):
+    stop = p.stop_at or p.steps
+    for step in range(stop):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = sft_step(model, opt, *collate(encoded, next(batches), tokenizer.pad_token_id))
         running = loss if running is None else 0.98 * running + 0.02 * loss
-        if (step + 1) % 100 == 0 or step + 1 == p.steps:
-            log(f"policy step {step + 1}/{p.steps} loss {running:.4f} "
+        if (step + 1) % 100 == 0 or step + 1 == stop:
+            log(f"policy step {step + 1}/{stop} loss {running:.4f} "
                 f"({time.time() - t0:.0f}s)")
+        if on_snapshot and p.snapshot_every and (step + 1) % p.snapshot_every == 0:
+            model.eval()
+            if on_snapshot(step + 1, model, tokenizer):
+                break
+            model.train()
     model.eval()
     return model, tokenizer
 
 
-def evaluate_policy(model, tokenizer, test: list[Question]) -> dict:
-    """Greedy accuracy and, from the oracle, where and how the wrong solutions go wrong."""
+def evaluate_policy(model, tokenizer, test: list[Question], max_tokens: int = 160,
+                    pass_k: int = 0) -> dict:
+    """Greedy accuracy and, from the oracle, where and how the wrong solutions go wrong;
+    ``pass_k`` > 0 adds pass@k of temperature-1 samples (the headroom SORM labels need)."""
     engine = HFEngine.from_model(model, tokenizer, batch_size=100)
-    outs = engine.generate([policy_prompt(q.question) for q in test],
-                           SamplingSpec(n=1, temperature=0.0, max_tokens=96))
+    prompts = [policy_prompt(q.question) for q in test]
+    outs = engine.generate(prompts, SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens))
     kinds, first_steps, n_right = Counter(), Counter(), 0
     for q, (c,) in zip(test, outs):
         right = is_correct(c.text, q.answer)
         n_right += right
         if not right:
-            i, kind = synthetic.first_wrong_step(c.text, q.oracle)
+            i, kind = worlds.first_wrong_step(c.text, q.oracle)
             kinds[kind] += 1
-            n_ops = len(json.loads(q.oracle))
+            n_ops = worlds.n_solution_steps(q.oracle)
             first_steps["final line" if i >= n_ops else f"step {i}"] += 1
     wrong = len(test) - n_right
-    return {"n": len(test), "greedy_accuracy": n_right / len(test),
+    extra = {}
+    if pass_k:
+        samples = engine.generate(prompts, SamplingSpec(n=pass_k, temperature=1.0,
+                                                        max_tokens=max_tokens, seed=1))
+        right = [[is_correct(c.text, q.answer) for c in cs] for q, cs in zip(test, samples)]
+        extra = {f"pass@{pass_k}": sum(any(r) for r in right) / len(test),
+                 "sample_accuracy": sum(map(sum, right)) / (len(test) * pass_k)}
+    return {"n": len(test), "greedy_accuracy": n_right / len(test), **extra,
             "error_kinds": dict(kinds), "first_wrong_step": dict(sorted(first_steps.items())),
             "intermediate_error_share": (sum(v for k, v in first_steps.items() if k != "final line")
                                          / wrong if wrong else 0.0)}

@@ -59,6 +59,15 @@ def summary_table(metrics: dict) -> str:
         n=metrics["n_questions"], r=refinement_table(metrics), m=reward_table(metrics)))
 
 
+def draft_errors_line(metrics: dict) -> str:
+    """How the wrong greedy drafts go wrong, by the oracle's first wrong line."""
+    kinds = metrics.get("draft_error_kinds") or {}
+    if not kinds:
+        return ""
+    listed = ", ".join(f"{k} {v}" for k, v in kinds.items())
+    return (f"Wrong greedy drafts by the oracle's first error ({sum(kinds.values())}): {listed}.")
+
+
 def render(cfg, metrics: dict) -> str:
     plots = "\n".join(f"![{p}]({p})" for p in metrics.get("plots", []))
     return f"""# GLoRe report — {cfg.name} (seed {cfg.seed})
@@ -77,6 +86,8 @@ accuracy as a reranker.
 
 Best-of-N pool: {metrics.get('best_of_n_samples', {})} (per-sample accuracy and pass@N of the
 policy samples the ORM reranks).
+
+{draft_errors_line(metrics)}
 
 ## Reward models
 

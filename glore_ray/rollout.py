@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from glore_ray.config import RunConfig
-from glore_ray.data import synthetic
+from glore_ray.data import worlds
 from glore_ray.data.grading import extract_answer, is_correct, split_steps
 from glore_ray.prompts import policy_prompt, prefix_text, rollout_prompt
 from glore_ray.records import Question, atomic_dir, commit_dir, read_rows
@@ -70,7 +70,7 @@ def grade_sample(q: dict, sample_id: int, text: str, n_tokens: int) -> dict:
     oracle = q.get("oracle") or ""
     return {"qid": q["qid"], "sample_id": sample_id, "text": text, "steps": split_steps(text),
             "final_answer": extract_answer(text) or "", "correct": is_correct(text, q["answer"]),
-            "oracle_first_wrong": synthetic.first_wrong_step(text, oracle)[0] if oracle else -2,
+            "oracle_first_wrong": worlds.first_wrong_step(text, oracle)[0] if oracle else -2,
             "n_tokens": n_tokens}
 
 

@@ -1,7 +1,7 @@
 """A word-level tokenizer built locally for the synthetic world (no hub download).
 
 Words carry their leading space (" apples"), digits are single tokens (" 2", "3") so the model does
-arithmetic digit by digit, and the decoder simply concatenates, so decode(encode(t)) == t for any
+arithmetic digit by digit (or whole numbers are, for the dependency world), and the decoder simply concatenates, so decode(encode(t)) == t for any
 text the world and the prompt templates can write.
 """
 
@@ -16,19 +16,23 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 PATTERN = r"\[BAD\]| \[BAD\]| ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\n| "
 
 
-def build_tokenizer(words: list[str]):
+def build_tokenizer(words: list[str], whole_numbers: int = 0):
+    """``whole_numbers`` > 0: the numbers 0..whole_numbers are one token each (the dependency
+    world, where arithmetic is not the point); 0: one token per digit (the arithmetic world)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     pieces: list[str] = list(SPECIALS) + ["\n", " ", BAD, " " + BAD]
-    atoms = sorted(set(words)) + list(string.digits) + [c for c in string.punctuation]
+    numbers = [str(i) for i in range(whole_numbers + 1)] if whole_numbers else list(string.digits)
+    atoms = sorted(set(words)) + numbers + [c for c in string.punctuation]
     for a in atoms:
         for p in (a, " " + a):
             if p not in pieces:
                 pieces.append(p)
     vocab = {p: i for i, p in enumerate(pieces)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(PATTERN), behavior="isolated")
+    pattern = PATTERN.replace(r" ?\d|", r" ?\d+|") if whole_numbers else PATTERN
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])

@@ -98,12 +98,13 @@ def test_plan_counts_match_the_paper_config():
     assert {s.stage: s for s in budget.stages}["rollout"].gpu_hours < stages["rollout"].gpu_hours
 
 
-def test_plan_steps_follow_the_synthetic_world():
-    """The synthetic world's step count is known from the config: check it against real data."""
-    from glore_ray.data.synthetic import generate
+@pytest.mark.parametrize("config", ["smoke", "arithmetic"])
+def test_plan_steps_follow_the_generated_world(config):
+    """A generated world's step count is known from the config: check it against real data."""
+    from glore_ray.data import worlds
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml", ["data.synthetic.n_train=400"])
-    train, _ = generate(cfg.data.synthetic, cfg.seed)
+    cfg = load_config(REPO / "configs" / f"{config}.yaml")
+    train, _ = worlds.generate(cfg.data, n_train=400)
     mean_lines = sum(len(q.gold_solution.strip().splitlines()) for q in train) / len(train)
     assert compute_plan(cfg).steps_per_solution == pytest.approx(mean_lines, abs=0.15)
 
@@ -318,16 +319,15 @@ def _assert_shipped(log: str) -> None:
 def job_policy(tmp_path_factory) -> Path:
     """A tiny policy folder for the jobs: the shipped checkpoint when present, else an untrained
     model of the same recipe (the jobs test plumbing, not accuracy; training takes minutes)."""
-    from glore_ray.data import synthetic
+    from glore_ray.data import worlds
     from glore_ray.policy import ASSETS, build_model, recipe_hash
-    from glore_ray.tokenizer import build_tokenizer
 
     cfg = load_config(REPO / "configs" / "smoke.yaml")
     shipped = ASSETS / recipe_hash(cfg)
     if (shipped / "config.json").exists():
         return shipped
     out = tmp_path_factory.mktemp("policy")
-    tokenizer = build_tokenizer(synthetic.vocabulary())
+    tokenizer = worlds.build_world_tokenizer(cfg.data)
     build_model(cfg, tokenizer).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

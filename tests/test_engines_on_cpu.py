@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from glore_ray.config import RolloutConfig, load_config
-from glore_ray.data import synthetic
+from glore_ray.data import worlds
 from glore_ray.engines import (Completion, make_engine, resolve_engine_name, spec_from_config,
                                truncate_at_answer, vllm_available)
 from glore_ray.engines.base import SamplingSpec
@@ -21,9 +21,7 @@ MAX_TOKENS = 64
 
 @pytest.fixture(scope="module")
 def prompts() -> list[str]:
-    cfg = load_config(None)
-    train, _ = synthetic.generate(cfg.data.synthetic.model_copy(update={"n_train": 6, "n_test": 1}),
-                                  seed=123)
+    train, _ = worlds.generate(load_config(None).data, n_train=6, seed=123)
     return [policy_prompt(q.question) for q in train]
 
 
@@ -102,9 +100,8 @@ def test_greedy_agrees_across_engines(engines, prompts):
 def test_vllm_seeded_batch_longer_than_one_prefill_step(engines):
     """Regression: with chunked prefill, a seeded request whose prompt was split crashed the CPU
     engine ("CPU Generator does not use offset"); the engine turns chunked prefill off."""
-    train, _ = synthetic.generate(
-        load_config(None).data.synthetic.model_copy(update={"n_train": 40, "n_test": 1}), seed=9)
-    prompts = [policy_prompt(q.question) for q in train]  # ~40 x 8 x 70 prompt tokens
+    train, _ = worlds.generate(load_config(None).data, n_train=40, seed=9)
+    prompts = [policy_prompt(q.question) for q in train]  # ~40 x 8 x 90 prompt tokens
     outs = engines["vllm"].generate(prompts, SamplingSpec(n=8, max_tokens=8),
                                     seeds=list(range(len(prompts))))
     assert [len(o) for o in outs] == [8] * len(prompts)

@@ -155,10 +155,10 @@ def test_make_labels_rejects_inconsistent_rollouts():
 
 def _world_rows(cfg, n_q: int = 6):
     """Samples and rollouts written by a deterministic 'policy' that follows the synthetic oracle:
-    sample j of a question makes an arithmetic slip at step j-1 (sample 0 is right); a rollout
+    sample j of a question writes a wrong value at step j-1 (sample 0 is right); a rollout
     from a clean prefix finishes the gold chain on odd k only, from a broken prefix it fails."""
     from glore_ray.data.questions import load
-    from glore_ray.data.synthetic import first_wrong_step
+    from glore_ray.data.worlds import first_wrong_step
 
     train, _ = load(cfg)
     samples, rollouts = [], []
@@ -190,8 +190,8 @@ def test_label_stage_builds_all_four_sets(tmp_path, smoke_config_path):
     from glore_ray.pipeline import RunPaths
     from glore_ray.records import StepLabel, read_rows, write_rows
 
-    cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.synthetic.n_train=40",
-                                          "data.synthetic.n_test=5"])
+    cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=40",
+                                          "data.dependency.n_test=5"])
     paths = RunPaths(cfg)
     qstage.run(cfg, paths, log=lambda m: None)
     samples, rollouts = _world_rows(cfg)
@@ -224,6 +224,27 @@ def test_label_stage_builds_all_four_sets(tmp_path, smoke_config_path):
     assert trl.column_names == ["prompt", "completions", "labels"]
     assert isinstance(trl[0]["labels"][0], bool)
     assert any("labelled" in m for m in logs)
+
+
+def test_label_stage_stops_with_advice_when_no_sample_is_right(tmp_path, smoke_config_path):
+    from glore_ray import label
+    from glore_ray.data import questions as qstage
+    from glore_ray.pipeline import RunPaths
+    from glore_ray.records import write_rows
+
+    cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=10",
+                                          "data.dependency.n_test=2"])
+    paths = RunPaths(cfg)
+    qstage.run(cfg, paths, log=lambda m: None)
+    samples, rollouts = _world_rows(cfg, n_q=3)
+    samples = [Sample(s.qid, s.sample_id, "no answer here", ["no answer here"], "", False, 0)
+               for s in samples]
+    write_rows(paths.samples, samples, Sample)
+    write_rows(paths.rollouts, rollouts, Rollout)
+    with pytest.raises(ValueError, match="none of the 9 samples answered correctly .0 ended with "
+                                         "a gradable.*Fine-tune the policy"):
+        label.run(cfg, paths, lambda m: None)
+    assert not paths.labels.exists()  # nothing half-written
 
 
 @pytest.mark.ray

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from glore_ray.config import load_config
-from glore_ray.data import synthetic
+from glore_ray.data import worlds
 from glore_ray.policy import ASSETS, evaluate_policy, recipe_hash
 from tests.conftest import REPO
 
@@ -21,26 +21,34 @@ def test_checkpoint_is_a_plain_hf_folder(tiny_policy):
     assert model.config.model_type == "llama"
     n = sum(p.numel() for p in model.parameters())
     assert 0.5e6 < n < 5e6
-    text = "Question: Mia has 23 shells. How many shells does Mia have now?\nAnswer:\n23 + 4 = 27\n"
+    text = ("Question: There are 4 figs. There are 3 more pears than figs. How many pears are "
+            "there?\nAnswer:\nfigs = 4\npears = figs + 3 = 4 + 3 = 7\n#### 7")
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
 
 
-@pytest.mark.parametrize("run_seed", [0, 1])
-def test_shipped_policy_is_in_the_regime(run_seed):
-    """Runs with different seeds share the base policy (policy.seed and the world's seed)."""
+@pytest.mark.parametrize("config, run_seed", [("embedded", 0), ("embedded", 1), ("arithmetic", 0)])
+def test_shipped_policy_is_in_the_regime(config, run_seed):
+    """Runs with different seeds share the base policy (policy.seed and the world's seed).
+    Greedy accuracy is re-measured on the test split; pass@8 is the shipped record's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = load_config(REPO / "configs/embedded.yaml", [f"seed={run_seed}"])
+    cfg = load_config(REPO / f"configs/{config}.yaml", [f"seed={run_seed}"])
     folder = ASSETS / recipe_hash(cfg)
-    assert folder.exists(), "no shipped policy: run scripts/ship_policy.py 0"
+    assert folder.exists(), f"no shipped policy: run scripts/ship_policy.py configs/{config}.yaml"
     recorded = json.loads((folder / "glore_policy.json").read_text())["metrics"]
-    _, test = synthetic.generate(cfg.data.synthetic, cfg.data.synthetic.seed)
+    _, test = worlds.generate(cfg.data)
     m = evaluate_policy(AutoModelForCausalLM.from_pretrained(folder).eval(),
                         AutoTokenizer.from_pretrained(folder), test[: cfg.policy.eval_questions])
     assert m["greedy_accuracy"] == pytest.approx(recorded["greedy_accuracy"], abs=0.02)
-    assert 0.35 <= m["greedy_accuracy"] <= 0.65, m
-    assert m["intermediate_error_share"] >= 0.6, m  # wrong mostly before the answer line
     assert m["error_kinds"].get("format", 0) <= 0.05 * m["n"], m
+    if config == "arithmetic":
+        assert 0.35 <= m["greedy_accuracy"] <= 0.65, m
+        assert m["intermediate_error_share"] >= 0.6, m  # wrong mostly before the answer line
+    else:  # the paper's regime, with errors of planning rather than arithmetic
+        assert 0.40 <= m["greedy_accuracy"] <= 0.60, m
+        assert recorded["pass@8"] >= m["greedy_accuracy"] + 0.15, recorded
+        wrong = m["n"] - round(m["greedy_accuracy"] * m["n"])
+        assert m["error_kinds"].get("arithmetic", 0) <= 0.2 * wrong, m
 
 
 def test_recipe_hash_ignores_bookkeeping_but_not_the_recipe():
@@ -49,4 +57,9 @@ def test_recipe_hash_ignores_bookkeeping_but_not_the_recipe():
     assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.steps=10"]))
     assert recipe_hash(a) == recipe_hash(load_config(None, ["seed=1"]))  # the run's seed
     assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.seed=1"]))
-    assert recipe_hash(a) != recipe_hash(load_config(None, ["data.synthetic.seed=1"]))
+    assert recipe_hash(a) != recipe_hash(load_config(None, ["data.dependency.seed=1"]))
+    assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.stop_at=100"]))
+    assert recipe_hash(a) == recipe_hash(load_config(None, ["policy.snapshot_every=7"]))
+    arith = load_config(None, ["data.source=synthetic"])
+    assert recipe_hash(arith) != recipe_hash(load_config(None, ["data.source=synthetic",
+                                                                "data.synthetic.seed=1"]))

@@ -20,7 +20,7 @@ import pytest
 
 from glore_ray.cli import main
 from glore_ray.config import load_config
-from glore_ray.data import synthetic
+from glore_ray.data import worlds
 from glore_ray.data.grading import extract_answer, is_correct, split_steps
 from glore_ray.pipeline import RunPaths
 from glore_ray.prompts import prefix_text
@@ -62,7 +62,7 @@ def check_samples(paths: RunPaths, n_questions: int, k: int) -> list[Sample]:
         assert s.correct == is_correct(s.text, q.answer)
         assert s.steps == split_steps(s.text)
         assert s.final_answer == (extract_answer(s.text) or "")
-        assert s.oracle_first_wrong == synthetic.first_wrong_step(s.text, q.oracle)[0]
+        assert s.oracle_first_wrong == worlds.first_wrong_step(s.text, q.oracle)[0]
     return samples
 
 

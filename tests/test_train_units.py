@@ -135,3 +135,42 @@ def test_synthetic_sets_match_the_label_stage_format(tmp_path):
     assert all(s[-1].startswith("####") for s in sorm.steps)
     loc = pd.read_parquet(sets["local"] / "eval.parquet")
     assert set(loc.columns) == {"qid", "prompt", "target"} and loc.prompt.str.contains(r"\[BAD\]").all()
+
+
+def test_ranking_loss_pairs_only_one_questions_right_and_wrong_solutions():
+    import torch
+
+    # rows: q1 right, q1 wrong, q2 right, q2 right (no pair in q2), last step at position 1
+    batch = {"last": torch.tensor([1, 1, 1, 1]), "group": torch.tensor([7, 7, 9, 9]),
+             "outcome": torch.tensor([1.0, 0.0, 1.0, 1.0])}
+    logits = torch.zeros(4, 3)
+    logits[:, 1] = torch.tensor([2.0, -1.0, -5.0, 5.0])
+    loss, pairs = reward.ranking_loss(logits, batch)
+    assert pairs == 1  # only (q1 right, q1 wrong); q2 has no wrong one
+    assert float(loss) == pytest.approx(math.log1p(math.exp(-3.0)))
+    flipped = logits.clone()
+    flipped[:, 1] = torch.tensor([-1.0, 2.0, -5.0, 5.0])
+    assert float(reward.ranking_loss(flipped, batch)[0]) > float(loss)  # wrong above right costs
+    assert reward.ranking_loss(logits, {**batch, "group": torch.tensor([1, 2, 3, 4])})[1] == 0
+
+
+def test_grouped_batches_keep_a_questions_rows_together():
+    from glore_ray.train.loop import _batches
+
+    groups = [i // 4 for i in range(32)]  # 8 questions x 4 samples
+    batches = _batches(32, 8, 4, seed=3, groups=groups)
+    assert sorted(i for b in batches for i in b) == list(range(32))
+    for b in batches:  # batch size 8 = exactly two whole questions
+        assert len({groups[i] for i in b}) == 2
+    assert _batches(32, 8, 4, seed=3, groups=groups) == batches  # a function of the seed (resume)
+    plain = _batches(32, 8, 4, seed=3)
+    assert any(len({groups[i] for i in b}) > 2 for b in plain)
+
+
+def test_reward_rows_carry_question_and_outcome(word_tok):
+    rows = [{"qid": "q1", "question": Q, "steps": STEPS, "labels": [0.0, 0.0, 0.0]},
+            {"qid": "q1", "question": Q, "steps": STEPS, "labels": [1.0, 1.0, 1.0]}]
+    enc = reward.encode_rows(word_tok, rows, 512)
+    b = reward.collate(enc, word_tok.pad_token_id)
+    assert b["group"][0] == b["group"][1] and b["outcome"].tolist() == [0.0, 1.0]
+    assert b["last"].tolist() == [e["positions"][-1] for e in enc]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from glore_ray.config import RunConfig
+from glore_ray.data import worlds
 from glore_ray.records import Question, read_rows, write_rows
 
 
 def load(cfg: RunConfig) -> tuple[list[Question], list[Question]]:
     """(train, test) questions for the configured source."""
     d = cfg.data
-    if d.source == "synthetic":
-        from glore_ray.data.synthetic import generate
-
-        return generate(d.synthetic, d.synthetic.seed)
+    if d.source in worlds.GENERATED:
+        return worlds.generate(d)
     from glore_ray.data import gsm8k
 
     if d.source == "gsm8k_jsonl":

@@ -43,6 +43,7 @@ class LoopSpec:
     batch_size: int = 16  # per worker, per micro-step
     grad_accum: int = 1
     max_steps: int | None = None  # optimizer steps
+    rank_weight: float = 0.0  # reward: within-question ranking term (batches grouped by question)
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -246,6 +247,9 @@ class Task:
         if self.spec.kind == "reward":
             logits = reward.step_logits(model, batch)
             loss, w = reward.reward_loss(logits, batch)
+            if self.spec.rank_weight > 0:
+                rank, _ = reward.ranking_loss(logits, batch)
+                loss = loss + self.spec.rank_weight * rank
             return loss, {"logits": logits, "weight": w}
         loss, n, correct = sft.sft_loss(model, batch)
         return loss, {"weight": n, "correct": correct}
@@ -266,9 +270,20 @@ def peak_mem_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _batches(n_rows: int, batch_size: int, n_batches: int, seed: int) -> list[list[int]]:
+def _batches(n_rows: int, batch_size: int, n_batches: int, seed: int,
+             groups: Sequence[int] | None = None) -> list[list[int]]:
+    """Shuffled micro-batches; with ``groups`` (one id per row), rows of a group stay adjacent
+    (groups shuffled, then cut into batches), so a batch holds whole questions to rank within."""
+    rng = random.Random(seed)
     idx = list(range(n_rows))
-    random.Random(seed).shuffle(idx)
+    rng.shuffle(idx)
+    if groups is not None:
+        by: dict[int, list[int]] = {}
+        for i in idx:
+            by.setdefault(groups[i], []).append(i)
+        order = list(by.values())
+        rng.shuffle(order)
+        idx = [i for g in order for i in g]
     return [idx[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
 
 
@@ -346,7 +361,8 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
     while step < total:
         epoch = step // steps_per_epoch
         batches = _batches(len(train_ex), spec.batch_size, steps_per_epoch * spec.grad_accum,
-                           spec.seed * 1009 + epoch * 31 + rank)
+                           spec.seed * 1009 + epoch * 31 + rank,
+                           [e["group"] for e in train_ex] if spec.rank_weight > 0 else None)
         fwd.train()
         # resume lands on the exact micro-batch: the order is a function of (seed, epoch, rank)
         for b in range((step % steps_per_epoch) * spec.grad_accum, len(batches)):

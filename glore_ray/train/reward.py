@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -86,7 +87,10 @@ def encode_rows(tokenizer, rows: Sequence[dict], max_len: int) -> list[dict]:
         ids, pos = encode_reward(tokenizer, r["question"], steps, max_len)
         keep = [i for i, p in enumerate(pos) if p >= 0]
         out.append({"ids": ids, "positions": [pos[i] for i in keep],
-                    "targets": [labels[i] for i in keep], "weights": [weights[i] for i in keep]})
+                    "targets": [labels[i] for i in keep], "weights": [weights[i] for i in keep],
+                    # for the within-question ranking term: which question, and the outcome
+                    "group": zlib.crc32(str(r.get("qid", "")).encode()),
+                    "outcome": labels[-1] if labels else 0.0})
     return out
 
 
@@ -100,7 +104,11 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
             pos = torch.tensor(e["positions"])
             targets[i, pos] = torch.tensor(e["targets"])
             weights[i, pos] = torch.tensor(e["weights"])
-    return {"input_ids": ids, "attention_mask": attn, "targets": targets, "weights": weights}
+    last = torch.tensor([e["positions"][-1] if e["positions"] else 0 for e in examples])
+    group = torch.tensor([e.get("group", i) for i, e in enumerate(examples)], dtype=torch.int64)
+    outcome = torch.tensor([float(e.get("outcome", 0.0)) for e in examples])
+    return {"input_ids": ids, "attention_mask": attn, "targets": targets, "weights": weights,
+            "last": last, "group": group, "outcome": outcome}
 
 
 # ------------------------------------------------------------------ model and loss
@@ -129,6 +137,22 @@ def reward_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[t
         logits, batch["targets"], reduction="none")
     total = float(w.sum())
     return (bce * w).sum() / max(total, 1e-8), total
+
+
+def ranking_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Within-question ranking: mean ``-log sigmoid(s_right - s_wrong)`` over every pair of one
+    question's solutions in the batch whose outcomes differ, on their last-step logits (the score
+    that reranks). BCE alone is mostly won by telling easy questions from hard ones; this term only
+    rewards telling one question's right solutions from its wrong ones. Returns (loss, pairs)."""
+    final = logits.gather(1, batch["last"].view(-1, 1)).squeeze(1)
+    same = batch["group"].view(-1, 1) == batch["group"].view(1, -1)
+    better = (batch["outcome"].view(-1, 1) >= 0.5) & (batch["outcome"].view(1, -1) < 0.5)
+    pairs = same & better
+    n = int(pairs.sum())
+    if n == 0:
+        return logits.sum() * 0.0, 0
+    diff = final.view(-1, 1) - final.view(1, -1)
+    return torch.nn.functional.softplus(-diff)[pairs].mean(), n
 
 
 def gather_steps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[list[float], list[float]]:

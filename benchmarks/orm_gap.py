@@ -1,0 +1,165 @@
+"""Does a policy-initialised ORM rank one question's solutions, and how fast does it learn to?
+
+    .venv/bin/python benchmarks/orm_gap.py [--config configs/embedded.yaml] [--questions 256]
+        [--k 8] [--steps 600] [--variants bce,rank] [--out benchmarks/results/orm_gap.json]
+
+In-process (plain torch, HF ``generate``; no Ray), on the config's policy and world, *train and
+validation questions only* (never the test split): K temperature-1 samples of ``--questions`` train
+questions, labelled by final-answer correctness (the ORM's own signal, no oracle); one reward model
+per variant, trained from the policy with the pipeline's ``train/reward.py`` on batches of whole
+questions; every ``--eval-every`` steps the within-question pairwise accuracy (evaluate's
+``within_question_pairwise``) on validation questions' greedy draft + 3 samples. Variants:
+``bce`` (the paper's ORM loss) and ``rank`` (BCE + ``--rank-weight`` x the within-question ranking
+term, ``reward.ranking_loss``). This is how the embedded default's ORM recipe was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sample(model, tok, questions, n: int, temperature: float, seed: int) -> list[list[str]]:
+    from glore_ray.engines.base import SamplingSpec
+    from glore_ray.engines.hf import HFEngine
+    from glore_ray.prompts import policy_prompt
+
+    eng = HFEngine.from_model(model, tok, batch_size=256)
+    outs = eng.generate([policy_prompt(q.question) for q in questions],
+                        SamplingSpec(n=n, temperature=temperature, max_tokens=160, seed=seed))
+    return [[c.text for c in cs] for cs in outs]
+
+
+def rows_of(questions, texts) -> list[dict]:
+    from glore_ray.data.grading import is_correct, split_steps
+
+    rows = []
+    for q, ts in zip(questions, texts):
+        for sid, t in enumerate(ts):
+            steps = split_steps(t)
+            if steps:
+                ok = float(is_correct(t, q.answer))
+                rows.append({"qid": q.qid, "sample_id": sid, "question": q.question,
+                             "steps": steps, "labels": [ok] * len(steps), "ok": bool(ok)})
+    return rows
+
+
+def question_batches(rows: list[dict], per_batch: int, rng: random.Random):
+    """Batches of whole questions (all of a question's samples together), forever."""
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by.setdefault(r["qid"], []).append(i)
+    groups = list(by.values())
+    while True:
+        rng.shuffle(groups)
+        batch: list[int] = []
+        for g in groups:
+            batch += g
+            if len(batch) >= per_batch:
+                yield batch
+                batch = []
+
+
+def pairwise(model, tok, rows, batch_size: int = 64) -> float:
+    from glore_ray.evaluate import within_question_pairwise
+    from glore_ray.train import reward
+
+    enc = reward.encode_rows(tok, rows, 512)
+    final = []
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, len(enc), batch_size):
+            b = reward.collate(enc[s : s + batch_size], tok.pad_token_id)
+            lg = reward.step_logits(model, b)
+            final += lg.gather(1, b["last"].view(-1, 1)).squeeze(1).tolist()
+    model.train()
+    qids = {q: i for i, q in enumerate(dict.fromkeys(r["qid"] for r in rows))}
+    return within_question_pairwise(final, [r["ok"] for r in rows],
+                                    [qids[r["qid"]] for r in rows])["pairwise_accuracy"]
+
+
+def main() -> None:
+    from glore_ray import policy
+    from glore_ray.config import load_config
+    from glore_ray.data import dependency, worlds
+    from glore_ray.train import reward
+    from glore_ray.train.loop import LoopSpec, lr_lambda
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(REPO / "configs" / "embedded.yaml"))
+    ap.add_argument("--questions", type=int, default=256)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--val", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--rank-weight", type=float, default=1.0)
+    ap.add_argument("--variants", default="bce,rank")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--policy", default=None, help="policy folder (default: the config's shipped one)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "orm_gap.json"))
+    args = ap.parse_args()
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    cfg = load_config(args.config)
+    pol = Path(args.policy) if args.policy else policy.ASSETS / policy.recipe_hash(cfg)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pol)
+    gen = AutoModelForCausalLM.from_pretrained(pol).eval()
+    train, test = worlds.generate(cfg.data)
+    w = worlds.world_config(cfg.data)
+    val = dependency.validation(w, w.seed, args.val, {q.question for q in train + test})
+    qs = random.Random(args.seed).sample(train, args.questions)
+    rows = rows_of(qs, sample(gen, tok, qs, args.k, 1.0, args.seed))
+    vt = [g + s for g, s in zip(sample(gen, tok, val, 1, 0.0, 0), sample(gen, tok, val, 3, 1.0, 7))]
+    val_rows = rows_of(val, vt)
+    print(f"{len(rows)} train rows ({sum(r['ok'] for r in rows) / len(rows):.1%} right), "
+          f"{len(val_rows)} validation rows; sampling {time.time() - t0:.0f}s", flush=True)
+    out = {"questions": args.questions, "k": args.k, "train_right": sum(r["ok"] for r in rows) / len(rows),
+           "val_questions": args.val, "curves": {}}
+    for variant in args.variants.split(","):
+        torch.manual_seed(args.seed)
+        model = reward.build_reward_model(pol)
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(args.steps, LoopSpec(name="orm", kind="reward", policy=str(pol))))
+        enc = reward.encode_rows(tok, rows, 512)
+        batches = question_batches(rows, args.batch, random.Random(args.seed))
+        curve, t1 = [], time.time()
+        for step in range(1, args.steps + 1):
+            b = reward.collate([enc[i] for i in next(batches)], tok.pad_token_id)
+            lg = reward.step_logits(model, b)
+            loss, _ = reward.reward_loss(lg, b)
+            if variant == "rank":
+                rl, _ = reward.ranking_loss(lg, b)
+                loss = loss + args.rank_weight * rl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if step % args.eval_every == 0 or step == args.steps:
+                acc = pairwise(model, tok, val_rows)
+                curve.append({"step": step, "pairwise_accuracy": acc,
+                              "seconds": round(time.time() - t1, 1)})
+                print(f"[{variant}] step {step} loss {loss.item():.3f} within-question "
+                      f"{acc:.3f} ({time.time() - t1:.0f}s)", flush=True)
+        out["curves"][variant] = curve
+    from refinement_headroom import write_result
+
+    write_result(out, args, "benchmarks/orm_gap.py", t0)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
