@@ -1,6 +1,6 @@
 """Does a policy-initialised ORM rank one question's solutions, and how fast does it learn to?
 
-    .venv/bin/python benchmarks/orm_gap.py [--config configs/embedded.yaml] [--questions 256]
+    .venv/bin/python benchmarks/orm_gap.py [--config configs/dependency.yaml] [--questions 256]
         [--k 8] [--steps 600] [--variants bce,rank] [--out benchmarks/results/orm_gap.json]
 
 In-process (plain torch, HF ``generate``; no Ray), on the config's policy and world, *train and
@@ -10,7 +10,8 @@ per variant, trained from the policy with the pipeline's ``train/reward.py`` on 
 questions; every ``--eval-every`` steps the within-question pairwise accuracy (evaluate's
 ``within_question_pairwise``) on validation questions' greedy draft + 3 samples. Variants:
 ``bce`` (the paper's ORM loss) and ``rank`` (BCE + ``--rank-weight`` x the within-question ranking
-term, ``reward.ranking_loss``). This is how the embedded default's ORM recipe was chosen.
+term, ``reward.ranking_loss``). Whether the dependency world can become the embedded default
+rests on this number (README, "The dependency world").
 """
 
 from __future__ import annotations
@@ -87,12 +88,12 @@ def pairwise(model, tok, rows, batch_size: int = 64) -> float:
 def main() -> None:
     from glore_ray import policy
     from glore_ray.config import load_config
-    from glore_ray.data import dependency, worlds
+    from glore_ray.data import dependency, worlds  # validation questions: the dependency world
     from glore_ray.train import reward
     from glore_ray.train.loop import LoopSpec, lr_lambda
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=str(REPO / "configs" / "embedded.yaml"))
+    ap.add_argument("--config", default=str(REPO / "configs" / "dependency.yaml"))
     ap.add_argument("--questions", type=int, default=256)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--val", type=int, default=150)

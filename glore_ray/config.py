@@ -70,8 +70,8 @@ class DependencyConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    # dependency: the embedded default (a verification gap); synthetic: the arithmetic control
-    source: Literal["dependency", "synthetic", "gsm8k_jsonl", "gsm8k_hub"] = "dependency"
+    # synthetic: the arithmetic world (the embedded default); dependency: data/dependency.py
+    source: Literal["dependency", "synthetic", "gsm8k_jsonl", "gsm8k_hub"] = "synthetic"
     dependency: DependencyConfig = DependencyConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     # gsm8k_jsonl: folder holding train.jsonl / test.jsonl (default: ../shared/data/gsm8k)

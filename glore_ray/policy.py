@@ -1,11 +1,15 @@
-"""The tiny base policy of the embedded default: a Llama of ~0.9M parameters, trained on the
-synthetic world's gold solutions until it is right on roughly half the held-out questions and wrong
-mostly at intermediate steps (carries and borrows) — the regime in which GLoRe's refinements matter.
+"""The tiny base policy of a generated world: a Llama of ~0.9M parameters trained on the world's
+gold solutions until it is right on roughly half the held-out questions and wrong mostly at
+intermediate steps — the regime in which GLoRe's refinements matter. Arithmetic world (the embedded
+default): its errors are carries and borrows. Dependency world: the schedule is stopped early at
+``policy.stop_at``, the first snapshot in the regime on validation questions
+(``scripts/ship_policy.py --select``).
 
 The recipe (DESIGN §3, calibrated on 2 cores): AdamW lr 1e-3, betas (0.9, 0.98), weight decay 0.1
-on matrices, clip 1.0, 50 warm-up steps then cosine to 1e-4, batch 32, 1,600 steps, batches grouped
-by length, loss on answer tokens only. A trained checkpoint ships in ``glore_ray/assets/policy``
-with the hash of its recipe; the stage reuses it when the config asks for the same recipe.
+on matrices, clip 1.0, 50 warm-up steps then cosine to 1e-4, batch 32, ``policy.steps`` steps,
+batches grouped by length, loss on answer tokens only. A trained checkpoint ships in
+``glore_ray/assets/policies/<recipe hash>/``; the stage reuses it when the config asks for the
+same recipe.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import argparse
 import json
 import shutil
 import time
-from pathlib import Path
 
 from glore_ray import policy
 from glore_ray.config import load_config

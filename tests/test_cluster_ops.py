@@ -98,7 +98,7 @@ def test_plan_counts_match_the_paper_config():
     assert {s.stage: s for s in budget.stages}["rollout"].gpu_hours < stages["rollout"].gpu_hours
 
 
-@pytest.mark.parametrize("config", ["smoke", "arithmetic"])
+@pytest.mark.parametrize("config", ["dependency", "embedded"])
 def test_plan_steps_follow_the_generated_world(config):
     """A generated world's step count is known from the config: check it against real data."""
     from glore_ray.data import worlds

@@ -14,14 +14,16 @@ from glore_ray.engines import (Completion, make_engine, resolve_engine_name, spe
                                truncate_at_answer, vllm_available)
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.prompts import policy_prompt
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.vllm
+SMOKE = REPO / "configs" / "smoke.yaml"  # the world of the tiny policy (fixture tiny_policy)
 MAX_TOKENS = 64
 
 
 @pytest.fixture(scope="module")
 def prompts() -> list[str]:
-    train, _ = worlds.generate(load_config(None).data, n_train=6, seed=123)
+    train, _ = worlds.generate(load_config(SMOKE).data, n_train=6, seed=123)
     return [policy_prompt(q.question) for q in train]
 
 
@@ -100,7 +102,7 @@ def test_greedy_agrees_across_engines(engines, prompts):
 def test_vllm_seeded_batch_longer_than_one_prefill_step(engines):
     """Regression: with chunked prefill, a seeded request whose prompt was split crashed the CPU
     engine ("CPU Generator does not use offset"); the engine turns chunked prefill off."""
-    train, _ = worlds.generate(load_config(None).data, n_train=40, seed=9)
+    train, _ = worlds.generate(load_config(SMOKE).data, n_train=40, seed=9)
     prompts = [policy_prompt(q.question) for q in train]  # ~40 x 8 x 90 prompt tokens
     outs = engines["vllm"].generate(prompts, SamplingSpec(n=8, max_tokens=8),
                                     seeds=list(range(len(prompts))))

@@ -21,12 +21,12 @@ def test_checkpoint_is_a_plain_hf_folder(tiny_policy):
     assert model.config.model_type == "llama"
     n = sum(p.numel() for p in model.parameters())
     assert 0.5e6 < n < 5e6
-    text = ("Question: There are 4 figs. There are 3 more pears than figs. How many pears are "
-            "there?\nAnswer:\nfigs = 4\npears = figs + 3 = 4 + 3 = 7\n#### 7")
+    text = ("Question: figs are 4. pears are figs plus 3. How many pears are there?\nAnswer:\n"
+            "figs = 4\npears = figs + 3 = 4 + 3 = 7\n#### 7")
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
 
 
-@pytest.mark.parametrize("config, run_seed", [("embedded", 0), ("embedded", 1), ("arithmetic", 0)])
+@pytest.mark.parametrize("config, run_seed", [("embedded", 0), ("embedded", 1), ("dependency", 0)])
 def test_shipped_policy_is_in_the_regime(config, run_seed):
     """Runs with different seeds share the base policy (policy.seed and the world's seed).
     Greedy accuracy is re-measured on the test split; pass@8 is the shipped record's."""
@@ -41,11 +41,13 @@ def test_shipped_policy_is_in_the_regime(config, run_seed):
                         AutoTokenizer.from_pretrained(folder), test[: cfg.policy.eval_questions])
     assert m["greedy_accuracy"] == pytest.approx(recorded["greedy_accuracy"], abs=0.02)
     assert m["error_kinds"].get("format", 0) <= 0.05 * m["n"], m
-    if config == "arithmetic":
+    if config == "embedded":  # the arithmetic world
         assert 0.35 <= m["greedy_accuracy"] <= 0.65, m
         assert m["intermediate_error_share"] >= 0.6, m  # wrong mostly before the answer line
-    else:  # the paper's regime, with errors of planning rather than arithmetic
-        assert 0.40 <= m["greedy_accuracy"] <= 0.60, m
+    else:  # chosen in the paper's regime on validation questions; errors not of arithmetic
+        val = recorded["validation"]
+        assert 0.40 <= val["greedy_accuracy"] <= 0.60 and val["pass@8"] >= val["greedy_accuracy"] + 0.15
+        assert 0.33 <= m["greedy_accuracy"] <= 0.60, m  # test split: 37.0% when shipped
         assert recorded["pass@8"] >= m["greedy_accuracy"] + 0.15, recorded
         wrong = m["n"] - round(m["greedy_accuracy"] * m["n"])
         assert m["error_kinds"].get("arithmetic", 0) <= 0.2 * wrong, m
@@ -57,9 +59,14 @@ def test_recipe_hash_ignores_bookkeeping_but_not_the_recipe():
     assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.steps=10"]))
     assert recipe_hash(a) == recipe_hash(load_config(None, ["seed=1"]))  # the run's seed
     assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.seed=1"]))
-    assert recipe_hash(a) != recipe_hash(load_config(None, ["data.dependency.seed=1"]))
+    assert recipe_hash(a) != recipe_hash(load_config(None, ["data.synthetic.seed=1"]))
     assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.stop_at=100"]))
     assert recipe_hash(a) == recipe_hash(load_config(None, ["policy.snapshot_every=7"]))
-    arith = load_config(None, ["data.source=synthetic"])
-    assert recipe_hash(arith) != recipe_hash(load_config(None, ["data.source=synthetic",
-                                                                "data.synthetic.seed=1"]))
+    dep = load_config(None, ["data.source=dependency"])
+    assert recipe_hash(dep) != recipe_hash(a)
+    assert recipe_hash(dep) != recipe_hash(load_config(None, ["data.source=dependency",
+                                                              "data.dependency.seed=1"]))
+    # the arithmetic world's hash ignores the dependency section, and stop_at=None hashes as
+    # before stop_at existed (the shipped arithmetic checkpoint keeps its folder)
+    assert recipe_hash(a) == recipe_hash(load_config(None, ["data.dependency.seed=1"]))
+    assert recipe_hash(load_config(REPO / "configs/embedded.yaml")) == "0b4cbee13a1c528a"

@@ -53,7 +53,6 @@ CLAUSES = {
     "diff": "{x} are {a} minus {b}.",
 }
 QUESTION = "How many {x} are there?"
-ARITY = {"num": 0, "add": 1, "sub": 1, "mul": 1, "sum": 2, "diff": 2}
 
 
 @dataclass

@@ -184,7 +184,9 @@ def build_ingress(settings: dict):
                 when_threshold=settings["when_threshold"],
                 where_threshold=settings["where_threshold"],
                 always_refine=settings["always_refine"], max_tokens=settings["max_new_tokens"],
-                best_of=settings["best_of"])
+                best_of=settings["best_of"],
+                sample_temperature=settings.get("sample_temperature", 1.0),
+                sample_top_p=settings.get("sample_top_p", 1.0))
             self.models = Models(
                 policy=self._gen("policy", adapters.get("policy")),
                 global_refiner=self._gen("global_refiner", adapters.get("global")),

@@ -53,9 +53,13 @@ def _options(s: ServeConfig, replicas: int, max_replicas: int) -> dict[str, Any]
     return opts
 
 
-def ingress_settings(s: ServeConfig) -> dict[str, Any]:
+def ingress_settings(s: ServeConfig, sampling: Any = None) -> dict[str, Any]:
+    """The ingress's settings: the serve section, the API key, and the sampling of best-of-n
+    (``sampling`` = the run's ``rollout`` section, so serving samples as evaluate does)."""
     settings = s.model_dump()
     settings["api_key"] = os.environ.get(s.api_key_env) or None
+    settings["sample_temperature"] = sampling.temperature if sampling is not None else 1.0
+    settings["sample_top_p"] = sampling.top_p if sampling is not None else 1.0
     return settings
 
 
@@ -89,7 +93,7 @@ def build_app(cfg: RunConfig, model_paths: dict[str, str], scorer_cls: Any = Non
         model_paths["orm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls)
     sorm = RewardModel.options(name="sorm", **rew_opts).bind(
         model_paths["sorm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls)
-    ingress = build_ingress(ingress_settings(s)).options(
+    ingress = build_ingress(ingress_settings(s, cfg.rollout)).options(
         name="ingress", ray_actor_options={"num_cpus": 0})
     return ingress.bind(policy, global_, local, orm, sorm, adapters)
 

@@ -11,7 +11,8 @@ stage can pass callables over local engines and scorers to run the very same log
 
 Modes: ``draft`` (greedy only), ``global`` / ``local`` (that refinement replaces the draft when
 refinement is triggered), ``glore`` (rerank all three), ``best_of_n`` (n policy samples at
-temperature 1.0 reranked by the ORM — the paper's baseline).
+the run's ``rollout.temperature`` / ``top_p``, as in evaluate, reranked by the ORM — the paper's
+baseline).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class GraphParams:
     max_tokens: int = 128
     best_of: int = 3
     seed: int = 0
+    sample_temperature: float = 1.0  # best-of-n sampling: the run's rollout.temperature / top_p
+    sample_top_p: float = 1.0
 
 
 @dataclass
@@ -186,7 +189,8 @@ async def _local(question: str, draft: Candidate, where: int, models: Models, sp
 
 async def _best_of_n(question: str, models: Models, params: GraphParams, trace: Trace,
                      greedy: SamplingSpec, n: int) -> SolveResult:
-    spec = SamplingSpec(n=n, temperature=1.0, max_tokens=greedy.max_tokens, seed=params.seed)
+    spec = SamplingSpec(n=n, temperature=params.sample_temperature, top_p=params.sample_top_p,
+                        max_tokens=greedy.max_tokens, seed=params.seed)
     texts = await trace.run("sample", models.policy(policy_prompt(question), spec), n=n)
     cands = [_candidate(f"sample_{i}", t) for i, t in enumerate(texts)]
     probs = await trace.run("rerank", models.orm(question, [c.steps for c in cands]),
