@@ -73,3 +73,16 @@ def test_oracle_step_labels():
         [1.0, 0.0, 0.0, 0.0]
     assert oracle_step_labels("23 + 45 = 68\n68 - 12 = 56\n56 * 2 = 112\n#### 112", ORACLE) == \
         [1.0] * 4
+
+
+def test_worlds_dispatches_arithmetic_oracles_to_this_world():
+    from glore_ray.data import worlds
+
+    train, _ = generate(CFG, seed=0)
+    q = train[0]
+    wrong = q.gold_solution.replace(" = ", " = 1", 1)  # a slip in the first line's result
+    for text in (q.gold_solution, wrong):
+        assert worlds.first_wrong_step(text, q.oracle) == first_wrong_step(text, q.oracle)
+        assert worlds.oracle_step_labels(text, q.oracle) == oracle_step_labels(text, q.oracle)
+    assert worlds.first_wrong_step(wrong, q.oracle)[1] == "arithmetic"
+    assert worlds.n_solution_steps(q.oracle) == len(json.loads(q.oracle))
