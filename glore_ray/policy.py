@@ -176,6 +176,21 @@ def evaluate_policy(model, tokenizer, test: list[Question], max_tokens: int = 16
                                          / wrong if wrong else 0.0)}
 
 
+def save_policy(model, tokenizer, out_dir: Path, meta: dict) -> Path:
+    """Write an HF folder + ``glore_policy.json`` (``meta``) to a temp path, then rename it over
+    ``out_dir``: a killed save never leaves a half-written policy behind."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "glore_policy.json", meta)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
 def run(cfg: RunConfig, train: list[Question], test: list[Question], out_dir: Path,
         log=print) -> Path:
     """Stage: produce the base policy folder at ``out_dir`` (a pretrained model is used as is)."""
@@ -194,15 +209,7 @@ def run(cfg: RunConfig, train: list[Question], test: list[Question], out_dir: Pa
     model, tokenizer = train_policy(cfg, train, log)
     metrics = evaluate_policy(model, tokenizer, test[: cfg.policy.eval_questions])
     metrics["train_seconds"] = round(time.time() - t0, 1)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    write_json(tmp / "glore_policy.json", {"hash": h, "metrics": metrics})
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    save_policy(model, tokenizer, out_dir, {"hash": h, "metrics": metrics})
     log(f"policy: greedy accuracy {metrics['greedy_accuracy']:.3f} on {metrics['n']} test "
         f"questions; first wrong steps {metrics['first_wrong_step']}")
     return out_dir

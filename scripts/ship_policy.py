@@ -1,7 +1,7 @@
 """Train the tiny policy of a generated world and ship the checkpoint in the package.
 
-    .venv/bin/python scripts/ship_policy.py configs/embedded.yaml          # the config's recipe
-    .venv/bin/python scripts/ship_policy.py configs/embedded.yaml --select  # choose policy.stop_at
+    .venv/bin/python scripts/ship_policy.py configs/embedded.yaml             # the config's recipe
+    .venv/bin/python scripts/ship_policy.py configs/dependency.yaml --select  # choose policy.stop_at
 
 ``--select`` trains the whole ``policy.steps`` schedule, greedy-decodes a snapshot every
 ``policy.snapshot_every`` steps on *validation* questions (a separate stream of train-distribution
@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 
 from glore_ray import policy
 from glore_ray.config import load_config
 from glore_ray.data import worlds
-from glore_ray.records import write_json
 
 REGIME = (0.40, 0.60)  # the paper's regime
 HEADROOM = 0.15
@@ -41,6 +39,10 @@ def main() -> None:
     chosen: dict = {}
     if args.select:
         from glore_ray.data.dependency import validation
+
+        if cfg.data.source != "dependency":
+            raise SystemExit("--select needs the dependency world's validation stream "
+                             "(data.source: dependency)")
 
         w = worlds.world_config(cfg.data)
         val = validation(w, w.seed, args.val_questions, {q.question for q in train + test})
@@ -72,18 +74,12 @@ def main() -> None:
     metrics = policy.evaluate_policy(model, tokenizer, test[: cfg.policy.eval_questions], pass_k=8)
     metrics["train_seconds"] = round(seconds, 1)
     if chosen:
-        metrics["validation"] = {k: v for k, v in chosen["val"].items()}
+        metrics["validation"] = dict(chosen["val"])
     dest = policy.ASSETS / policy.recipe_hash(cfg)
-    tmp = dest.with_name(dest.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    write_json(tmp / "glore_policy.json", {
+    policy.save_policy(model, tokenizer, dest, {
         "hash": policy.recipe_hash(cfg), "metrics": metrics,
         "recipe": {"policy": cfg.policy.model_dump(mode="json", exclude=policy._NOT_RECIPE),
                    "world": worlds.world_config(cfg.data).model_dump(mode="json")}})
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
     log(json.dumps({"dest": str(dest), "stop_at": cfg.policy.stop_at, **metrics}, indent=1))
     if args.select and not chosen:
         raise SystemExit(1)
