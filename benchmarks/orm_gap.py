@@ -68,7 +68,7 @@ def question_batches(rows: list[dict], per_batch: int, rng: random.Random):
 
 
 def pairwise(model, tok, rows, batch_size: int = 64) -> float:
-    from glore_ray.evaluate import within_question_pairwise
+    from glore_ray.stages.evaluate import within_question_pairwise
     from glore_ray.train import reward
 
     enc = reward.encode_rows(tok, rows, 512)

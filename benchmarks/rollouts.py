@@ -72,7 +72,7 @@ def main() -> None:
     from glore_ray.pipeline import RunPaths, run_stage
     from glore_ray.policy import policy_path
     from glore_ray.ray_env import init_ray
-    from glore_ray.rollout import run_rollout, run_sample
+    from glore_ray.stages.rollout import run_rollout, run_sample
 
     ncpu = os.cpu_count() or 1
     cfg = load_config(args.config, [

@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
+
+from glore_ray.method.decide import Mode
 
 
 class ConfigError(ValueError):
@@ -23,6 +26,23 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# A knob is a resource / execution setting: how a stage runs (pool and batch sizes, CPUs/GPUs,
+# memory, cache layout, ports, checkpoint and log cadence, retries), never what it writes. Stage
+# reuse (``pipeline.stage_hash``) leaves knobs out, so changing one never reruns a finished stage.
+# A batch or pool size may change which random draws a seeded sampler makes (the HF engine seeds
+# per engine call), never their distribution. Anything that can change the math (sampling, dtype,
+# engine, worker count = effective batch, ZeRO stage, bf16, GPU vs CPU) is content, not a knob.
+def knob(default: Any, **kw: Any) -> Any:
+    """``Field(default, **kw)`` marked as a knob (see above)."""
+    return Field(default, json_schema_extra={"knob": True}, **kw)
+
+
+def is_knob(field: Any) -> bool:
+    """Whether a pydantic ``FieldInfo`` was declared with ``knob()``."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("knob") is True
 
 
 class SyntheticConfig(_Strict):
@@ -91,7 +111,7 @@ class PolicyConfig(_Strict):
     intermediate_size: int = Field(384, ge=8)
     steps: int = Field(2400, ge=1)  # length of the cosine schedule
     stop_at: int | None = Field(None, ge=1)  # stop early at this step (chosen on validation)
-    snapshot_every: int = Field(0, ge=0)  # scripts/ship_policy.py evaluates a snapshot every N
+    snapshot_every: int = knob(0, ge=0)  # scripts/ship_policy.py evaluates a snapshot every N
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(1e-4, ge=0)
@@ -115,15 +135,17 @@ class RolloutConfig(_Strict):
     # rollouts at the first success (in chunks of budget_chunk), infer the rest by monotonicity.
     budgeted: bool = False
     budget_chunk: int = Field(2, ge=1)
-    prefix_caching: bool = True
-    block_size: int = Field(32, ge=1)
-    kv_cache_gib: float = Field(2.0, gt=0)  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
-    enforce_eager: bool = True
-    batch_size: int = Field(16, ge=1)  # rows per map_batches call
-    min_actors: int = Field(1, ge=1)
-    max_actors: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
+    # vLLM's prefix cache, KV block size and CUDA graphs (enforce_eager=False) change memory and
+    # speed, not what is sampled: knobs.
+    prefix_caching: bool = knob(True)
+    block_size: int = knob(32, ge=1)
+    kv_cache_gib: float = knob(2.0, gt=0)  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
+    enforce_eager: bool = knob(True)
+    batch_size: int = knob(16, ge=1)  # rows per map_batches call
+    min_actors: int = knob(1, ge=1)
+    max_actors: int = knob(1, ge=1)
+    num_cpus: float = knob(1.0, ge=0)
+    num_gpus: float = knob(0.0, ge=0)
 
     @model_validator(mode="after")
     def _pool(self) -> "RolloutConfig":
@@ -158,22 +180,22 @@ class ModelTrainConfig(_Strict):
 class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = knob(1.0, gt=0)
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     bf16: bool = False
-    checkpoint_every: int = Field(50, ge=1)
-    max_failures: int = Field(2, ge=0)
+    checkpoint_every: int = knob(50, ge=1)  # resume granularity; the model is the same
+    max_failures: int = knob(2, ge=0)
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     lora_rank: int = Field(0, ge=0)  # 0 = full fine-tune
     # extra DeepSpeed config keys merged over the generated ones, or the path of a JSON/YAML file
     deepspeed: dict[str, Any] | str = {}
     engine: Literal["deepspeed", "ddp"] = "deepspeed"  # ddp = plain torch DDP (benchmark baseline)
-    resources_per_worker: dict[str, float] = {}  # extra Ray resources per worker (CPU/GPU above)
+    resources_per_worker: dict[str, float] = knob({})  # extra Ray resources/worker (CPU, GPU above)
     warmup_ratio: float = Field(0.1, ge=0, le=1)  # linear warm-up share, then cosine to 10%
     weight_decay: float = Field(0.0, ge=0)
     max_len: int = Field(512, ge=8)  # tokens; longer rows lose the start of the prompt
-    log_every: int = Field(0, ge=0)  # progress/metrics report every N steps (0 = ~10 per model)
+    log_every: int = knob(0, ge=0)  # progress/metrics report every N steps (0 = ~10 per model)
     orm: ModelTrainConfig = ModelTrainConfig()
     sorm: ModelTrainConfig = ModelTrainConfig()
     global_refiner: ModelTrainConfig = ModelTrainConfig()
@@ -181,29 +203,29 @@ class TrainConfig(_Strict):
 
 
 class ServeConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = knob("127.0.0.1")
+    port: int = knob(8000, ge=1, le=65535)
     when_threshold: float = Field(0.5, ge=0, le=1)
     where_threshold: float = Field(0.5, ge=0, le=1)
-    default_mode: Literal["draft", "global", "local", "glore", "best_of_n"] = "glore"
+    default_mode: Mode = "glore"
     always_refine: bool = True
-    generator_replicas: int = Field(1, ge=1)
-    reward_replicas: int = Field(1, ge=1)
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    generator_replicas: int = knob(1, ge=1)
+    reward_replicas: int = knob(1, ge=1)
+    max_batch_size: int = knob(16, ge=1)
+    batch_wait_timeout_s: float = knob(0.01, ge=0)
     max_question_chars: int = Field(4000, ge=1)
     max_new_tokens: int = Field(128, ge=1)
-    api_key_env: str = "GLORE_API_KEY"
+    api_key_env: str = knob("GLORE_API_KEY")
     engine: Literal["auto", "vllm", "hf"] = "auto"  # generator engine (auto = vLLM if importable)
-    replica_cpus: float = Field(0.5, gt=0)  # Ray CPUs (and torch threads) per model replica
-    replica_gpus: float = Field(0.0, ge=0)  # GPUs per model replica (GPU clusters: e.g. 1)
+    replica_cpus: float = knob(0.5, gt=0)  # Ray CPUs (and torch threads) per model replica
+    replica_gpus: float = knob(0.0, ge=0)  # GPUs per model replica (GPU clusters: e.g. 1)
     # Autoscaling: a replica count above *_replicas turns it on (0 = fixed replica counts).
-    generator_max_replicas: int = Field(0, ge=0)
-    reward_max_replicas: int = Field(0, ge=0)
-    target_ongoing_requests: float = Field(8.0, gt=0)
+    generator_max_replicas: int = knob(0, ge=0)
+    reward_max_replicas: int = knob(0, ge=0)
+    target_ongoing_requests: float = knob(8.0, gt=0)
     best_of: int = Field(3, ge=1)  # default n of best_of_n
     max_best_of: int = Field(16, ge=1)
-    max_body_bytes: int = Field(65536, ge=1024)
+    max_body_bytes: int = knob(65536, ge=1024)  # an HTTP memory guard
 
 
 class EvaluateConfig(_Strict):
@@ -244,12 +266,51 @@ class RunConfig(_Strict):
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections (plus the seed): a stage's outputs are reused only
-        when the config that made them is the same."""
-        blob = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+    def get_path(self, dotted: str) -> Any:
+        """The value at a dotted path: a section (``"label"``), a nested model (``"train.orm"``)
+        or one field (``"rollout.k_rollouts"``). An unknown path raises ``ConfigError``."""
+        node: Any = self
+        for i, key in enumerate(dotted.split(".")):
+            if not isinstance(node, BaseModel) or key not in type(node).model_fields:
+                raise ConfigError(f"config path {dotted!r}: no field "
+                                  f"{'.'.join(dotted.split('.')[: i + 1])!r}")
+            node = getattr(node, key)
+        return node
+
+    def path_is_knob(self, dotted: str) -> bool:
+        """Whether the field at a dotted path was declared with ``knob()``."""
+        parent, _, key = dotted.rpartition(".")
+        model = self.get_path(parent) if parent else self
+        self.get_path(dotted)  # raises on an unknown path
+        return is_knob(type(model).model_fields[key])
+
+    @classmethod
+    def knob_paths(cls) -> list[str]:
+        """Dotted paths of every knob field, e.g. ``rollout.max_actors``."""
+        def walk(model: type[BaseModel], prefix: str) -> list[str]:
+            out = []
+            for name, f in model.model_fields.items():
+                if is_knob(f):
+                    out.append(prefix + name)
+                elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                    out += walk(f.annotation, f"{prefix}{name}.")
+            return out
+        return walk(cls, "")
+
+    def fields_hash(self, *paths: str) -> str:
+        """Stable hash of the values at these dotted paths, knob fields left out, plus the seed: a
+        stage's outputs are reused only when everything that made them is the same."""
+        blob = {p: _content(self.get_path(p)) for p in paths if not self.path_is_knob(p)}
         blob["seed"] = self.seed
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _content(value: Any) -> Any:
+    """A config value as JSON, with the knob fields of any model in it left out."""
+    if not isinstance(value, BaseModel):
+        return to_jsonable_python(value)
+    return {name: _content(getattr(value, name))
+            for name, f in type(value).model_fields.items() if not is_knob(f)}
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

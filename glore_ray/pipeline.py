@@ -2,9 +2,13 @@
 
 Each stage is a function ``run(cfg, paths, log) -> dict`` (a small summary) in the module whose
 name says what it does. A stage's outputs live in its own folder with a ``_DONE.json`` naming the
-hash of every config section the stage (and everything upstream of it) depends on: rerunning a
-finished stage with the same config is a no-op, and changing, say, ``label.balance`` reruns
-label and everything after it, but not the rollouts.
+hash of what the stage reads (``Stage.reads``: whole sections such as ``"label"`` or single fields
+such as ``"rollout.k_rollouts"``) and what every stage upstream of it reads, plus the seed, with
+the config's *knobs* left out (fields declared with ``config.knob()``: pool and batch sizes, actor
+and worker resources, ports, checkpoint cadence, ...). Rerunning a finished stage with the same
+config is a no-op; changing ``label.balance`` reruns label and everything after it, but not the
+rollouts; changing ``rollout.k_rollouts`` reruns rollout onwards but keeps the samples;
+``rollout.temperature`` re-samples; ``rollout.max_actors`` or ``serve.port`` reruns nothing.
 """
 
 from __future__ import annotations
@@ -27,18 +31,32 @@ from glore_ray.records import write_json
 class Stage:
     name: str
     target: str  # "module:function"
-    sections: tuple[str, ...]  # config sections this stage itself reads
+    # Dotted config paths this stage itself reads (a section, or one field); knobs in a section
+    # are left out of the hash. What upstream stages read is added by ``stage_hash``.
+    reads: tuple[str, ...]
     what: str
 
 
+# The sampling fields every generating stage reads (engine and sampler; the pool is all knobs).
+_SAMPLING = ("rollout.engine", "rollout.dtype", "rollout.temperature", "rollout.top_p")
+
 STAGES: list[Stage] = [
     Stage("data", "glore_ray.data.questions:run", ("data",), "load or generate the questions"),
+    # The tiny policy's recipe and the world's tokenizer (data, upstream).
     Stage("policy", "glore_ray.policy:stage", ("policy",), "the base policy model"),
-    Stage("sample", "glore_ray.rollout:run_sample", ("rollout",), "K samples per question"),
-    Stage("rollout", "glore_ray.rollout:run_rollout", (), "K rollouts per step prefix"),
-    Stage("label", "glore_ray.label:run", ("label",), "ORM/SORM labels and training sets"),
-    Stage("train", "glore_ray.train.stage:run", ("train",), "ORM, SORM and both refiners"),
-    Stage("evaluate", "glore_ray.evaluate:run", ("serve", "evaluate"), "the paper's tables"),
+    Stage("sample", "glore_ray.stages.rollout:run_sample",
+          _SAMPLING + ("rollout.n_questions", "rollout.k_samples", "rollout.max_tokens"),
+          "K samples per question"),
+    Stage("rollout", "glore_ray.stages.rollout:run_rollout",
+          ("rollout.k_rollouts", "rollout.budgeted", "rollout.budget_chunk"),
+          "K rollouts per step prefix"),
+    Stage("label", "glore_ray.stages.label:run", ("label",), "ORM/SORM labels and training sets"),
+    Stage("train", "glore_ray.stages.train:run", ("train",), "ORM, SORM and both refiners"),
+    # Generation as in serving (greedy drafts and refinements, best-of-N at the rollout sampler's
+    # temperature/top_p) and serving's when/where thresholds; the rest of `serve` is serving only.
+    Stage("evaluate", "glore_ray.stages.evaluate:run",
+          ("evaluate", "serve.when_threshold", "serve.where_threshold", "serve.max_new_tokens")
+          + _SAMPLING, "the paper's tables"),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -90,14 +108,19 @@ class RunPaths:
         return self.root / "evaluate"
 
 
+def stage_reads(name: str) -> list[str]:
+    """The dotted config paths read by this stage and all stages before it, in stage order."""
+    if name not in STAGE_NAMES:
+        raise KeyError(f"no stage {name!r}; stages: {STAGE_NAMES}")
+    reads: list[str] = []
+    for s in STAGES[: STAGE_NAMES.index(name) + 1]:
+        reads += [x for x in s.reads if x not in reads]
+    return reads
+
+
 def stage_hash(cfg: RunConfig, name: str) -> str:
-    """Hash of the sections read by this stage and all stages before it."""
-    sections: list[str] = []
-    for s in STAGES:
-        sections += [x for x in s.sections if x not in sections]
-        if s.name == name:
-            break
-    return cfg.section_hash(*sections)
+    """Hash of what this stage and all stages before it read (knobs left out), plus the seed."""
+    return cfg.fields_hash(*stage_reads(name))
 
 
 def is_done(cfg: RunConfig, paths: RunPaths, name: str) -> bool:

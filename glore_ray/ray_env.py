@@ -3,6 +3,7 @@ local one sized for this machine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Environment every worker needs (actors inherit it through the runtime env).
@@ -30,3 +31,18 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
                  **kwargs)
+
+
+@contextlib.contextmanager
+def preserve_order():
+    """Ray Data yields rows in dataset order inside this block (the label stage streams sorted
+    rows into its outputs); the setting is put back after."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order = before

@@ -11,10 +11,11 @@ offending field; the request never reaches a model deployment.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,16 +25,15 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glore_ray.engines.base import SamplingSpec
-from glore_ray.serve.graph import MODES, GraphParams, Models, solve
-
-ModeName = Literal["draft", "global", "local", "glore", "best_of_n"]
+from glore_ray.method.decide import MODES, Mode
+from glore_ray.method.solve import GraphParams, Models, solve
 
 
 class SolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     question: StrictStr = Field(..., description="the math word problem")
-    mode: ModeName | None = Field(None, description="default: serve.default_mode (glore)")
+    mode: Mode | None = Field(None, description="default: serve.default_mode (glore)")
     max_tokens: StrictInt | None = Field(None, ge=1, description="≤ serve.max_new_tokens")
     n: StrictInt | None = Field(None, ge=1, description="samples for best_of_n (≤ serve.max_best_of)")
 
@@ -82,7 +82,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     n: StrictInt | None = Field(None, ge=1, le=1)
     stream: bool | None = False
-    mode: ModeName | None = None
+    mode: Mode | None = None
 
 
 class APIError(Exception):
@@ -196,15 +196,25 @@ def build_ingress(settings: dict):
         def _gen(self, name: str, adapter: str | None):
             handle = self.handles[name]
 
-            async def call(prompt: str, spec: SamplingSpec) -> list[str]:
-                return await handle.generate.remote(prompt, spec, adapter)
+            async def call(prompts: list[str], spec: SamplingSpec) -> list[list[str]]:
+                # one request per prompt: the deployment's @serve.batch groups them again
+                return list(await asyncio.gather(*(handle.generate.remote(p, spec, adapter)
+                                                   for p in prompts)))
             return call
 
         def _score(self, name: str):
             handle = self.handles[name]
 
-            async def call(question: str, steps: list[list[str]]) -> list[list[float]]:
-                return await handle.score.remote(question, steps)
+            async def call(questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+                # the deployment scores one question's candidates per call
+                runs: list[tuple[str, list[list[str]]]] = []
+                for q, st in zip(questions, steps):
+                    if runs and runs[-1][0] == q:
+                        runs[-1][1].append(st)
+                    else:
+                        runs.append((q, [st]))
+                out = await asyncio.gather(*(handle.score.remote(q, st) for q, st in runs))
+                return [p for part in out for p in part]
             return call
 
         async def _solve(self, question: str, mode: str | None, max_tokens: int | None,
@@ -215,8 +225,8 @@ def build_ingress(settings: dict):
                                f"max_tokens: {max_tokens} requested, the limit is {limit}")
             if n is not None and n > self.s["max_best_of"]:
                 raise APIError(422, "n", f"n: {n} requested, the limit is {self.s['max_best_of']}")
-            res = await solve(question, mode or self.s["default_mode"], self.models, self.params,
-                              max_tokens=max_tokens, best_of=n)
+            (res,) = await solve([question], mode or self.s["default_mode"], self.models,
+                                 self.params, max_tokens=max_tokens, best_of=n)
             return res.to_dict()
 
         @app.post("/solve", response_model=SolveResponse)

@@ -4,6 +4,7 @@
 - ``reward.py``      reward-model tokenisation, loss, ``RewardScorer``, ``step_metrics``
 - ``sft.py``         refiner data and loss (target tokens only)
 - ``ray_trainer.py`` ``TorchTrainer`` wiring: Ray Data shards, checkpoints, failures, metrics
-- ``stage.py``       the pipeline stage: the four models in sequence
 - ``warmup.py``      builds DeepSpeed's JIT op into ``TORCH_EXTENSIONS_DIR`` once
+
+The train stage that fits the four models in sequence is ``glore_ray/stages/train.py``.
 """

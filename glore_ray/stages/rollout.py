@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from glore_ray.config import RunConfig
 from glore_ray.data import worlds
 from glore_ray.data.grading import extract_answer, is_correct, split_steps
+from glore_ray.method.prefixes import rolled_out
 from glore_ray.prompts import policy_prompt, prefix_text, rollout_prompt
 from glore_ray.records import Question, atomic_dir, commit_dir, read_rows
 
@@ -57,12 +58,6 @@ _FAULT_ENV = ("GLORE_FAULT_EXIT_AFTER_BATCHES", "GLORE_FAULT_MARKER")
 def request_seed(base: int, *key: Any) -> int:
     """A deterministic per-request seed: reruns and retries give the same rows."""
     return zlib.crc32(repr((base, *key)).encode()) & 0x7FFFFFFF
-
-
-def rollout_step_indices(steps: list[str]) -> range:
-    """Prefixes to roll out: every step except a final ``####`` answer line."""
-    n = len(steps)
-    return range(n - 1) if n and steps[-1].lstrip().startswith("####") else range(n)
 
 
 def grade_sample(q: dict, sample_id: int, text: str, n_tokens: int) -> dict:
@@ -135,7 +130,7 @@ class SampleActor(_EngineActor):
 
 class RolloutActor(_EngineActor):
     """Sample rows in, ``k_rollouts`` graded rollout rows per step prefix out (or, when
-    ``rollout.budgeted``, the rows ``glore_ray.budgeted.search`` asks for)."""
+    ``rollout.budgeted``, the rows ``glore_ray.method.budgeted.search`` asks for)."""
 
     def __init__(self, rollout_cfg: dict, model_path: str, seed: int, questions: dict,
                  stats=None, fault: dict | None = None):
@@ -150,7 +145,7 @@ class RolloutActor(_EngineActor):
 
     def _exhaustive(self, samples: list[dict]) -> list[dict]:
         # Prefixes of one sample stay adjacent in one call: their shared tokens hit the cache.
-        jobs = [(s, i) for s in samples for i in rollout_step_indices(s["steps"])]
+        jobs = [(s, i) for s in samples for i in rolled_out(s["steps"])]
         if not jobs:
             return []
         prompts = [rollout_prompt(self.questions[s["qid"]][0], s["steps"], i) for s, i in jobs]
@@ -161,7 +156,7 @@ class RolloutActor(_EngineActor):
                 for (s, i), comps in zip(jobs, outs) for k, c in enumerate(comps)]
 
     def _budgeted(self, samples: list[dict]) -> list[dict]:
-        from glore_ray import budgeted  # written alongside; imported only when asked for
+        from glore_ray.method import budgeted  # written alongside; imported only when asked for
 
         calls: dict[str, int] = {}  # prompt -> times asked in this batch, so chunks differ
 
@@ -324,7 +319,7 @@ def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
                          f"{paths.questions_train}")
     questions = {q: v for q, v in questions.items() if q in qids}  # only what the actors need
     r = cfg.rollout
-    n_prefixes = sum(len(rollout_step_indices(s)) for s in steps_col.column("steps").to_pylist())
+    n_prefixes = sum(len(rolled_out(s)) for s in steps_col.column("steps").to_pylist())
     expected = None if r.budgeted else n_prefixes * r.k_rollouts
     init_ray()
     log(f"[rollout] {n_samples} samples, {n_prefixes} step prefixes x {r.k_rollouts} rollouts"

@@ -7,17 +7,9 @@ from collections import Counter
 import pyarrow.parquet as pq
 
 from glore_ray import prompts
-from glore_ray.build import (
-    SCHEMAS,
-    balance,
-    correct_solutions,
-    global_pairs,
-    local_pairs,
-    orm_rows,
-    split_qids,
-    trl_rows,
-    write_set,
-)
+from glore_ray.stages.build import SCHEMAS, orm_row, split_qids, trl_row, write_set
+from glore_ray.method.balance import balance
+from glore_ray.method.pairs import correct_solutions, global_pairs, local_pairs
 from glore_ray.records import Question, Rollout, Sample
 
 Q = Question("q1", "Mia has 23 shells. She finds 45 more. She gives away 12. How many?", "56",
@@ -27,6 +19,15 @@ RIGHT = ["23 + 45 = 68", "68 - 12 = 56", "#### 56"]
 
 def sample(sid: int, steps: list[str], correct: bool) -> Sample:
     return Sample("q1", sid, "\n".join(steps), steps, steps[-1][5:], correct)
+
+
+def orm_rows(samples: list[Sample], q: Question) -> list[dict]:
+    return [orm_row({"qid": s.qid, "sample_id": s.sample_id, "question": q.question,
+                     "steps": s.steps, "correct": s.correct}) for s in samples]
+
+
+def trl_rows(rows: list[dict]) -> list[dict]:
+    return [trl_row(Q.question, r["steps"], r["labels"]) for r in rows]
 
 
 def test_split_is_by_qid_deterministic_and_never_empty_or_everything():
@@ -70,7 +71,7 @@ def test_balance_drops_fully_masked_rows_and_leaves_one_class_indices():
 
 def test_orm_rows_and_trl_rows():
     s = [sample(0, RIGHT, True), sample(1, ["23 + 45 = 78", "#### 78"], False)]
-    rows = orm_rows(s, {"q1": Q})
+    rows = orm_rows(s, Q)
     assert rows[0]["labels"] == [1.0, 1.0, 1.0] and rows[1]["labels"] == [0.0, 0.0]
     trl = trl_rows([dict(rows[1], labels=[0.6, 0.0])])
     assert trl == [{"prompt": prompts.policy_prompt(Q.question), "completions": rows[1]["steps"],
@@ -137,7 +138,7 @@ def test_write_set_and_trl_export_load_with_datasets(tmp_path):
     import datasets
 
     samples, _ = _world()
-    rows = orm_rows(samples, {"q1": Q}) + [dict(r, qid="q2") for r in orm_rows(samples, {"q1": Q})]
+    rows = orm_rows(samples, Q) + [dict(r, qid="q2") for r in orm_rows(samples, Q)]
     counts = write_set(tmp_path / "orm", rows, SCHEMAS["orm"], {"q2"})
     assert counts == {"train": 4, "eval": 4}
     dd = datasets.load_from_disk(str(tmp_path / "orm" / "hf"))

@@ -13,18 +13,26 @@ from serve_helpers import policy_dir, start_service
 pytestmark = pytest.mark.ray
 
 
+# where_threshold=1.0: every SORM probability is below it, so the local refiner always runs
+# (the smoke ORM/SORM heads are untrained).
+OVERRIDES = ["serve.where_threshold=1.0", "serve.always_refine=true"]
+
+
 @pytest.fixture(scope="module")
-def service(request, ray_local, tmp_path_factory):
+def served(request, ray_local, tmp_path_factory):
     from ray import serve
 
-    # where_threshold=1.0: every SORM probability is below it, so the local refiner always runs
-    # (the smoke ORM/SORM heads are untrained).
-    url, cfg = start_service(policy_dir(request), tmp_path_factory.mktemp("serve"),
-                             ["serve.where_threshold=1.0", "serve.always_refine=true"])
+    work, policy = tmp_path_factory.mktemp("serve"), policy_dir(request)
+    url, cfg = start_service(policy, work, OVERRIDES)
     try:
-        yield url
+        yield url, cfg, work, policy
     finally:
         serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(served):
+    return served[0]
 
 
 def _solve(url: str, **body) -> dict:
@@ -127,3 +135,32 @@ def test_serve_config_yaml_is_valid(smoke_config_path):
     validate(doc)
     assert doc["http_options"]["port"] == 8123
     assert doc["applications"][0]["import_path"] == "glore_ray.serve.app:app_builder"
+
+
+def test_serve_and_evaluate_run_the_same_solve(served):
+    """evaluate's path (method.solve over actor pools: Ray Data generation, ScorerPool) and the
+    HTTP service (method.solve over deployment handles) give the same candidates for one input."""
+    from glore_ray.pipeline import RunPaths
+    from glore_ray.stages.evaluate import solve_offline
+
+    url, cfg, work, policy = served
+    cfg = cfg.model_copy(deep=True)
+    cfg.rollout.engine = cfg.serve.engine  # the service's generator engine (hf)
+    cfg.policy.model = str(policy)
+    # the run layout evaluate reads (train/<model>) over the service's own model folders
+    paths = RunPaths(cfg)
+    paths.model("orm").parent.mkdir(parents=True, exist_ok=True)
+    for name in ("orm", "sorm", "global", "local"):
+        if not paths.model(name).exists():
+            paths.model(name).symlink_to(work / name)
+    (offline,) = solve_offline(cfg, paths, [QUESTION], "glore", log=lambda m: None)
+    online = _solve(url, question=QUESTION, mode="glore")
+    assert [c["name"] for c in online["candidates"]] == [c.name for c in offline.candidates] \
+        == ["draft", "global", "local"]
+    for a, b in zip(online["candidates"], offline.candidates):
+        assert a["text"] == b.text and a["steps"] == b.steps
+        assert a["orm_score"] == pytest.approx(b.orm_score, abs=1e-5)
+    assert online["located_step"] == offline.located_step
+    assert online["sorm_scores"] == pytest.approx(offline.sorm_scores, abs=1e-5)
+    assert online["chosen"] == offline.chosen and online["answer"] == offline.answer
+

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.deepspeed
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_loop_under_torchrun_zero3_lora(tmp_path):
@@ -25,7 +25,7 @@ def test_loop_under_torchrun_zero3_lora(tmp_path):
     from glore_ray.data import synthetic
     from glore_ray.policy import build_model
     from glore_ray.tokenizer import build_tokenizer
-    from glore_ray.train.stage import write_synthetic_sets
+    from glore_ray.stages.train import write_synthetic_sets
 
     policy = tmp_path / "policy"  # random weights suffice: this checks the mechanics
     tok = build_tokenizer(synthetic.vocabulary())

@@ -25,17 +25,11 @@ from glore_ray.data.grading import extract_answer, is_correct, split_steps
 from glore_ray.pipeline import RunPaths
 from glore_ray.prompts import prefix_text
 from glore_ray.records import Question, Rollout, Sample, read_rows
-from glore_ray.rollout import request_seed, rollout_step_indices
+from glore_ray.method.prefixes import rolled_out
+from glore_ray.stages.rollout import request_seed
 
 
 # ------------------------------------------------------------------ helpers, unit tests
-
-def test_rollout_step_indices_skip_only_a_final_answer_line():
-    assert list(rollout_step_indices(["a = 1", "b = 2", "#### 2"])) == [0, 1]
-    assert list(rollout_step_indices(["a = 1", "b = 2"])) == [0, 1]  # truncated: all prefixes
-    assert list(rollout_step_indices(["#### 2"])) == []
-    assert list(rollout_step_indices([])) == []
-
 
 def test_request_seed_is_deterministic_and_distinct():
     assert request_seed(0, "rollout", "q1", 0, 1) == request_seed(0, "rollout", "q1", 0, 1)
@@ -71,7 +65,7 @@ def check_rollouts(paths: RunPaths, samples: list[Sample], k: int) -> list[Rollo
     qs = _questions(paths)
     by_sample = {(s.qid, s.sample_id): s for s in samples}
     expected = {(s.qid, s.sample_id, i, j) for s in samples
-                for i in rollout_step_indices(s.steps) for j in range(k)}
+                for i in rolled_out(s.steps) for j in range(k)}
     keys = Counter((r.qid, r.sample_id, r.step_idx, r.k) for r in rollouts)
     assert max(keys.values(), default=1) == 1 and set(keys) == expected
     for r in rollouts:
@@ -150,8 +144,8 @@ def test_killed_actor_still_writes_every_row_once(hf_run, smoke_config_path, tmp
 
 @pytest.mark.ray
 def test_budgeted_rollouts_run_inside_the_actor(hf_run, tmp_path):
-    from glore_ray.budgeted import n_prefixes
-    from glore_ray.rollout import run_rollout
+    from glore_ray.method.prefixes import n_prefixes
+    from glore_ray.stages.rollout import run_rollout
 
     cfg = hf_run.cfg.model_copy(deep=True)
     cfg.rollout.budgeted = True
@@ -176,7 +170,7 @@ def test_generate_texts_keeps_prompt_order(hf_run, tiny_policy):
     from glore_ray.engines.base import SamplingSpec
     from glore_ray.engines.hf import HFEngine
     from glore_ray.prompts import policy_prompt
-    from glore_ray.rollout import generate_texts
+    from glore_ray.stages.rollout import generate_texts
 
     prompts = [policy_prompt(q.question) for q in list(_questions(hf_run.paths).values())[:5]]
     spec = SamplingSpec(n=2, temperature=0.0, max_tokens=48)

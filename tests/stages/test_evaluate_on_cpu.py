@@ -1,8 +1,8 @@
-"""The evaluate stage's pure helpers, on hand-made scores."""
+"""The evaluate stage's metrics, on hand-made scores."""
 
 import math
 
-from glore_ray.evaluate import rerank, within_question_pairwise
+from glore_ray.stages.evaluate import within_question_pairwise
 
 
 def test_pairwise_counts_only_pairs_inside_a_question():
@@ -23,8 +23,3 @@ def test_a_perfect_reranker_scores_one():
     out = within_question_pairwise([0.9, 0.1, 0.2, 0.6, 0.7], [True, False, False, True, True],
                                    [0, 0, 0, 1, 1])
     assert out == {"pairwise_accuracy": 1.0, "n_pairs": 2}
-
-
-def test_rerank_prefers_the_draft_on_ties():
-    assert rerank(["draft", "global", "local"], [0.4, 0.4, 0.3]) == 0
-    assert rerank(["draft", "global", "local"], [0.4, 0.5, 0.6]) == 2

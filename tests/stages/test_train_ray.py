@@ -37,7 +37,7 @@ def _fake_upstream(cfg, policy: Path, n_questions: int) -> None:
     """Stand in for the stages before train: the policy folder, the label stage's four sets, and
     their _DONE markers (so `glore train` runs exactly as in the pipeline)."""
     from glore_ray.pipeline import STAGE_NAMES, RunPaths, mark_done
-    from glore_ray.train.stage import write_synthetic_sets
+    from glore_ray.stages.train import write_synthetic_sets
 
     paths = RunPaths(cfg)
     shutil.copytree(policy, paths.policy)
@@ -89,7 +89,7 @@ def test_glore_train_smoke_four_models_load_and_score(ray_local, policy, smoke_c
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, policy, tmp_path, monkeypatch):
     from glore_ray.train.loop import LoopSpec
     from glore_ray.train.ray_trainer import FAIL_AT_ENV, FAIL_MARKER_ENV, fit
-    from glore_ray.train.stage import write_synthetic_sets
+    from glore_ray.stages.train import write_synthetic_sets
 
     sets = write_synthetic_sets(tmp_path / "sets", 24)
     marker = tmp_path / "killed"

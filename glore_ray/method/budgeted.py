@@ -15,7 +15,7 @@ engine). The search advances every sample of the batch together, in rounds: each
 ``generate`` call over all active probes (two calls when probes need different ``n``, i.e. the
 last, partial chunk when ``k % chunk != 0``). Returns Rollout-shaped dicts (qid, sample_id,
 step_idx, k, text, correct, final_answer) for every rollout drawn; the label stage infers the
-unprobed steps by monotonicity (``label.infer_unprobed``).
+unprobed steps by monotonicity (``method.labels.infer_unprobed``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from glore_ray.data.grading import extract_answer, is_correct
+from glore_ray.method.prefixes import n_prefixes
 from glore_ray.prompts import prefix_text, rollout_prompt
 
 Generate = Callable[[list[str], int], list[list[str]]]
@@ -32,11 +33,6 @@ Generate = Callable[[list[str], int], list[list[str]]]
 # smaller split (e.g. 0.25) should cost fewer rollouts: not yet measured on the real engine.
 SPLIT = 0.5
 _REQUIRED = ("qid", "sample_id", "question", "answer", "steps", "correct")
-
-
-def n_prefixes(steps: list[str]) -> int:
-    """How many step prefixes get rollouts: every step except a final ``####`` answer line."""
-    return len(steps) - 1 if steps and steps[-1].lstrip().startswith("####") else len(steps)
 
 
 @dataclass

@@ -126,7 +126,7 @@ def test_deepspeed_block_from_yaml(tmp_path):
 def test_synthetic_sets_match_the_label_stage_format(tmp_path):
     import pandas as pd
 
-    from glore_ray.train.stage import write_synthetic_sets
+    from glore_ray.stages.train import write_synthetic_sets
 
     sets = write_synthetic_sets(tmp_path, 8)
     sorm = pd.read_parquet(sets["sorm"] / "train.parquet")

@@ -12,25 +12,29 @@
    (right when any of the three candidates is). For each: the share of wrong drafts it fixes and
    of right drafts it breaks.
 
-Generation runs through the same engines as the rollout stage (vLLM when available), scoring
-through the trained reward models. Writes ``report.md``, ``metrics.json`` and PNG plots.
+Refinement is ``method.solve``, the graph Serve runs, over every test question at once. Its
+models run on Ray actors: generation on the rollout stage's Ray Data pools (vLLM when available),
+ORM/SORM scoring on a ``ScorerPool`` per reward model, both with the rollout section's
+``num_cpus`` / ``num_gpus`` per actor; the driver only joins the small result lists. Writes
+``report.md``, ``metrics.json`` and PNG plots.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import time
 from collections import Counter
 from pathlib import Path
 
 from glore_ray.config import RunConfig
-from glore_ray.data import extract_answer, is_correct, split_steps
+from glore_ray.data import is_correct, split_steps
 from glore_ray.data.worlds import first_wrong_step, oracle_step_labels
 from glore_ray.engines.base import SamplingSpec
-from glore_ray.prompts import global_prompt, local_prompt, policy_prompt, prefix_text
+from glore_ray.method.decide import orm_score, should_refine
+from glore_ray.method.solve import GraphParams, Models, SolveResult, solve
 from glore_ray.records import Question, write_json
-# the same *when* / *where* / rerank decisions as serving
-from glore_ray.serve.graph import locate, orm_score as _final, should_refine
 from glore_ray.train.reward import step_metrics
 
 STRATEGIES = ["greedy", "best_of_n", "global", "local", "glore", "glore_when", "global_oracle_when",
@@ -54,36 +58,75 @@ def within_question_pairwise(final: list[float], ok: list[bool], groups: list[in
     return {"pairwise_accuracy": wins / pairs if pairs else float("nan"), "n_pairs": int(pairs)}
 
 
-def rerank(candidates: list[str], orm_final: list[float]) -> int:
-    """Index of the candidate the ORM likes best (ties go to the earliest, i.e. the draft)."""
-    return max(range(len(candidates)), key=lambda i: (orm_final[i], -i))
+# ------------------------------------------------------------------ the models, on actor pools
+
+def _generator(cfg: RunConfig, model_path: str, log):
+    """A batch generator for ``solve``: one Ray Data actor pool per call (rollout.generate_texts,
+    the rollout stage's pool settings). Blocking on purpose: global and local then run one after
+    the other, each with the whole pool."""
+    from glore_ray.stages.rollout import generate_texts
+
+    async def call(prompts: list[str], spec: SamplingSpec) -> list[list[str]]:
+        t0 = time.time()
+        out = generate_texts(cfg, model_path, prompts, spec)
+        log(f"[evaluate] generated {len(prompts)}×{spec.n} with {Path(model_path).name} "
+            f"in {time.time() - t0:.0f}s")
+        return out
+    return call
 
 
-# ------------------------------------------------------------------ generation and scoring
+class ScorerPool:
+    """A reward model on Ray actors (``rollout.max_actors`` of them, each with the rollout pool's
+    ``num_cpus`` / ``num_gpus``: GPUs on a cluster), started once for the stage. ``score`` sends
+    chunks of 64 solutions to the actors and joins the small result lists in order."""
 
-def _generate(cfg: RunConfig, model_path: str, prompts: list[str], spec: SamplingSpec,
-              log) -> list[list[str]]:
-    """Completions for the prompts with one engine for the whole batch (started once)."""
-    from glore_ray.rollout import generate_texts
+    CHUNK = 64
 
-    t0 = time.time()
-    out = generate_texts(cfg, model_path, prompts, spec)
-    log(f"[evaluate] generated {len(prompts)}×{spec.n} with {Path(model_path).name} "
-        f"in {time.time() - t0:.0f}s")
-    return out
+    def __init__(self, cfg: RunConfig, model_path: str):
+        import ray
+
+        r = cfg.rollout
+        actor = ray.remote(_ScoreActor).options(num_cpus=r.num_cpus, num_gpus=r.num_gpus)
+        self.actors = [actor.remote(model_path, max(1, int(r.num_cpus)))
+                       for _ in range(r.max_actors)]
+
+    def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+        import ray
+
+        chunks = [(questions[s : s + self.CHUNK], steps[s : s + self.CHUNK])
+                  for s in range(0, len(questions), self.CHUNK)]
+        refs = [self.actors[i % len(self.actors)].score.remote(*c) for i, c in enumerate(chunks)]
+        return [p for part in ray.get(refs) for p in part]
+
+    def fn(self):
+        async def call(questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+            return self.score(questions, steps)
+        return call
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
 
 
-def _scores(scorer, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
-    out: list[list[float]] = []
-    for s in range(0, len(questions), 64):
-        out += scorer.score(questions[s : s + 64], steps[s : s + 64])
-    return out
+class _ScoreActor:
+    def __init__(self, model_path: str, threads: int):
+        import torch
+
+        from glore_ray.train.reward import RewardScorer
+
+        torch.set_num_threads(threads)
+        self.scorer = RewardScorer(model_path)
+
+    def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
+        return self.scorer.score(questions, steps)
 
 
 # ------------------------------------------------------------------ reward-model metrics
 
 def final_metrics(probs: list[list[float]], correct: list[bool]) -> dict:
-    pred = [_final(p) >= 0.5 for p in probs]
+    pred = [orm_score(p) >= 0.5 for p in probs]
     return {"final_answer_accuracy": sum(a == b for a, b in zip(pred, correct)) / max(1, len(pred))}
 
 
@@ -91,72 +134,83 @@ def final_metrics(probs: list[list[float]], correct: list[bool]) -> dict:
 
 def run(cfg: RunConfig, paths, log=print) -> dict:
     from glore_ray.data.questions import read
-    from glore_ray.policy import policy_path
-    from glore_ray.train.reward import RewardScorer
+    from glore_ray.ray_env import init_ray
 
     t_stage = time.time()
     questions: list[Question] = read(paths, "test")[: cfg.evaluate.n_questions]
     if not questions:
         raise ValueError("evaluate: no test questions")
+    init_ray()
+    with Backends(cfg, paths, log) as backends:
+        return _evaluate(cfg, paths, log, questions, backends, t_stage)
+
+
+class Backends:
+    """The five models of ``solve`` for a run's trained folders, on actor pools; a context
+    manager that stops the scorer actors on exit (``with Backends(cfg, paths) as b: b.models``)."""
+
+    def __init__(self, cfg: RunConfig, paths, log=print):
+        from glore_ray.policy import policy_path
+
+        self.orm = ScorerPool(cfg, str(paths.model("orm")))
+        self.sorm = ScorerPool(cfg, str(paths.model("sorm")))
+        self.models = Models(policy=_generator(cfg, policy_path(cfg, paths), log),
+                             global_refiner=_generator(cfg, str(paths.model("global")), log),
+                             local_refiner=_generator(cfg, str(paths.model("local")), log),
+                             orm=self.orm.fn(), sorm=self.sorm.fn())
+
+    def __enter__(self) -> "Backends":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.orm.close()
+        self.sorm.close()
+
+
+def solve_offline(cfg: RunConfig, paths, questions: list[str], mode: str,
+                  log=print) -> list[SolveResult]:
+    """``method.solve`` on a run's trained models with the run's graph settings, as Serve runs it
+    (same params), here on actor pools: what ``glore serve`` answers, without HTTP."""
+    from glore_ray.ray_env import init_ray
+
+    init_ray()
+    with Backends(cfg, paths, log) as b:
+        return asyncio.run(solve(questions, mode, b.models, GraphParams.from_config(cfg)))
+
+
+def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: Backends,
+              t_stage: float) -> dict:
     qs = [q.question for q in questions]
     has_oracle = all(q.oracle for q in questions)
-    sv = cfg.serve
-    timings: dict[str, float] = {}
+    sv, n, k = cfg.serve, len(questions), cfg.evaluate.best_of
+    models, orm, sorm = backends.models, backends.orm, backends.sorm
+    # The serving graph on every test question at once: refine always (the paper's main table;
+    # the ORM-gated rows below apply *when* to the same candidates), then best-of-n.
+    params = dataclasses.replace(GraphParams.from_config(cfg), always_refine=True, best_of=k)
+    solved = asyncio.run(solve(qs, "glore", models, params))
+    sampled = asyncio.run(solve(qs, "best_of_n", models, params))
+    timings = {f"glore_{s}": round(v / 1000, 1) for s, v in solved[0].timings_ms.items()}
+    timings.update({f"best_of_n_{s}": round(v / 1000, 1)
+                    for s, v in sampled[0].timings_ms.items()})
 
-    def timed(name, fn, *a):
-        t0 = time.time()
-        out = fn(*a)
-        timings[name] = round(time.time() - t0, 1)
-        return out
-
-    pol = policy_path(cfg, paths)
-    greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=sv.max_new_tokens, seed=cfg.seed)
-    drafts = [c[0] for c in timed("drafts", _generate, cfg, pol, [policy_prompt(q) for q in qs],
-                                  greedy, log)]
-    bon_spec = SamplingSpec(n=cfg.evaluate.best_of, temperature=cfg.rollout.temperature,
-                            top_p=cfg.rollout.top_p, max_tokens=sv.max_new_tokens, seed=cfg.seed)
-    samples = timed("best_of_n_samples", _generate, cfg, pol, [policy_prompt(q) for q in qs],
-                    bon_spec, log)
-    draft_steps = [split_steps(d) for d in drafts]
-
-    orm, sorm = RewardScorer(str(paths.model("orm"))), RewardScorer(str(paths.model("sorm")))
-    sorm_draft = timed("sorm_scores", _scores, sorm, qs, draft_steps)
-    located = [locate(p, sv.where_threshold) for p in sorm_draft]
-
-    # Global: every draft (the paper's main table refines always); local: drafts with a located
-    # step (no located step = nothing to fix locally, the draft stands).
-    g_out = timed("global", _generate, cfg, str(paths.model("global")),
-                  [global_prompt(q, d) for q, d in zip(qs, drafts)], greedy, log)
-    globals_ = [c[0] for c in g_out]
-    loc_idx = [i for i, b in enumerate(located) if b is not None]
-    l_out = timed("local", _generate, cfg, str(paths.model("local")),
-                  [local_prompt(qs[i], draft_steps[i], located[i]) for i in loc_idx], greedy, log)
-    locals_ = list(drafts)
-    for i, c in zip(loc_idx, l_out):
-        locals_[i] = prefix_text(draft_steps[i], located[i] - 1) + c[0]
-
-    # ORM on every candidate in one pass: drafts, globals, locals, best-of-N samples.
-    flat_sols = drafts + globals_ + locals_ + [s for row in samples for s in row]
-    flat_q = qs * 3 + [q for q in qs for _ in range(cfg.evaluate.best_of)]
-    flat_orm = timed("orm_scores", _scores, orm, flat_q, [split_steps(s) for s in flat_sols])
-    n = len(qs)
-    orm_d, orm_g, orm_l = flat_orm[:n], flat_orm[n:2 * n], flat_orm[2 * n:3 * n]
-    orm_s = flat_orm[3 * n:]
+    draft_c = [r.candidate("draft") for r in solved]
+    drafts = [c.text for c in draft_c]
+    globals_ = [r.candidate("global").text for r in solved]
+    locals_ = [(r.candidate("local") or r.candidate("draft")).text for r in solved]
+    draft_steps = [c.steps for c in draft_c]
+    sorm_draft = [r.sorm_scores or [] for r in solved]
+    located = [r.located_step for r in solved]
+    samples = [[c.text for c in r.candidates] for r in sampled]
 
     right = lambda sols: [is_correct(s, q.answer) for s, q in zip(sols, questions)]  # noqa: E731
     d_ok, g_ok, l_ok = right(drafts), right(globals_), right(locals_)
-    k = cfg.evaluate.best_of
-    bon_choice = [samples[i][rerank(samples[i], [_final(p) for p in orm_s[i * k:(i + 1) * k]])]
-                  for i in range(n)]
-    glore_choice = [[drafts[i], globals_[i], locals_[i]][
-        rerank([drafts[i], globals_[i], locals_[i]],
-               [_final(orm_d[i]), _final(orm_g[i]), _final(orm_l[i])])] for i in range(n)]
+    glore_choice = [r.candidate(r.chosen).text for r in solved]
     # *When* from the ORM as in serving's gated mode; the oracle-rerank ceiling is right whenever
     # any of {draft, global, local} is.
-    refine = [should_refine(_final(p), sv.when_threshold) for p in orm_d]
+    refine = [should_refine(c.orm_score, sv.when_threshold) for c in draft_c]
     chosen = {
-        "greedy": drafts, "best_of_n": bon_choice, "global": globals_, "local": locals_,
-        "glore": glore_choice,
+        "greedy": drafts, "best_of_n": [r.candidate(r.chosen).text for r in sampled],
+        "global": globals_, "local": locals_, "glore": glore_choice,
         "glore_when": [c if r else d for d, c, r in zip(drafts, glore_choice, refine)],
         "global_oracle_when": [g if not ok else d for d, g, ok in zip(drafts, globals_, d_ok)],
         "local_oracle_when": [lo if not ok else d for d, lo, ok in zip(drafts, locals_, d_ok)],
@@ -178,6 +232,8 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
             "fixes_wrong_drafts": sum(o and not d for o, d in zip(ok, d_ok)) / n_wrong,
             "breaks_right_drafts": sum(d and not o for o, d in zip(ok, d_ok)) / max(1, sum(d_ok)),
         }
+    orm_d = [c.orm_steps for c in draft_c]
+    orm_s = [c.orm_steps for r in sampled for c in r.candidates]
 
     # Reward models against the oracle (synthetic world): drafts and best-of-N samples.
     reward: dict = {}
@@ -185,7 +241,9 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     pool_q = questions + [q for q in questions for _ in range(k)]
     pool_steps = [split_steps(s) for s in pool_sols]
     orm_pool = orm_d + orm_s
-    sorm_pool = timed("sorm_pool_scores", _scores, sorm, [q.question for q in pool_q], pool_steps)
+    t0 = time.time()
+    sorm_pool = sorm.score([q.question for q in pool_q], pool_steps)
+    timings["sorm_pool_scores"] = round(time.time() - t0, 1)
     pool_ok = [is_correct(s, q.answer) for s, q in zip(pool_sols, pool_q)]
     if has_oracle:
         oracle = [oracle_step_labels("\n".join(st), q.oracle) for st, q in zip(pool_steps, pool_q)]
@@ -195,7 +253,7 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
                               "sorm": final_metrics(sorm_pool, pool_ok)}
     groups = list(range(n)) + [i for i in range(n) for _ in range(k)]
     reward["within_question"] = {
-        m: within_question_pairwise([_final(p) for p in probs], pool_ok, groups)
+        m: within_question_pairwise([orm_score(p) for p in probs], pool_ok, groups)
         for m, probs in (("orm", orm_pool), ("sorm", sorm_pool))}
     reward["vs_rollout_labels"] = _vs_rollout_labels(paths, orm, sorm)
 
@@ -207,7 +265,8 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
         "n_questions": n, "has_oracle": has_oracle, "refinement": refinement,
         "draft_error_kinds": dict(sorted(draft_errors.items(), key=lambda kv: -kv[1])),
         "best_of_n_samples": sampling,
-        "reward_models": reward, "located_share": len(loc_idx) / n,
+        "reward_models": reward,
+        "located_share": sum(b is not None for b in located) / n,
         "thresholds": {"when": sv.when_threshold, "where": sv.where_threshold},
         "refined_share_when": sum(refine) / n,
         "evaluate_timings_s": timings, "stage_seconds": _stage_seconds(paths),
@@ -218,7 +277,7 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
                 for i in range(n)]
     out = paths.report
     out.mkdir(parents=True, exist_ok=True)
-    from glore_ray import report
+    from glore_ray.stages import report
 
     plots = report.make_plots(out, metrics, examples, orm_pool, sorm_pool,
                               oracle if has_oracle else None, cfg.evaluate.n_plot_examples)
@@ -243,8 +302,8 @@ def _vs_rollout_labels(paths, orm, sorm) -> dict:
         return {}
     qs, steps = df["question"].tolist(), [list(s) for s in df["steps"]]
     labels = [list(x) for x in df["labels"]]
-    return {"orm": step_metrics(_scores(orm, qs, steps), labels),
-            "sorm": step_metrics(_scores(sorm, qs, steps), labels), "n_solutions": len(df)}
+    return {"orm": step_metrics(orm.score(qs, steps), labels),
+            "sorm": step_metrics(sorm.score(qs, steps), labels), "n_solutions": len(df)}
 
 
 def _stage_seconds(paths) -> dict:
@@ -258,4 +317,4 @@ def _stage_seconds(paths) -> dict:
     return out
 
 
-__all__ = ["run", "rerank", "within_question_pairwise", "STRATEGIES", "extract_answer"]
+__all__ = ["run", "within_question_pairwise", "ScorerPool", "STRATEGIES"]
