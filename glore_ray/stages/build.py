@@ -188,15 +188,13 @@ class SetWriter:
                 {"qid": r["qid"], "prompt": p, "target": t} for r in rows
                 for p, t in zip(r[f"{which}_prompt"], r[f"{which}_target"])])
 
-    def close(self, log=print) -> dict:
+    def close(self) -> dict:
         trl = self.trl.commit()
         out: dict = {w: self.sets[w].commit() for w in SETS}
         out["sorm"]["trl"] = trl
         out["eval_questions"] = len(self.eval_qids)
         if self.balance_stats is not None:
             out["sorm"]["balance"] = self.balance_stats
-        log("[label] sets: " + ", ".join(f"{k} {v['train']}+{v['eval']}" for k, v in out.items()
-                                         if isinstance(v, dict)) + " (train+eval rows)")
         return out
 
 

@@ -13,9 +13,9 @@
    of right drafts it breaks.
 
 Refinement is ``method.solve``, the graph Serve runs, over every test question at once. Its
-models run on Ray actors: generation on the rollout stage's Ray Data pools (vLLM when available),
-ORM/SORM scoring on a ``ScorerPool`` per reward model, both with the rollout section's
-``num_cpus`` / ``num_gpus`` per actor; the driver only joins the small result lists. Writes
+models run on Ray actors: generation on the rollout stage's Ray Data pools (vLLM when available,
+``rollout.num_cpus`` / ``num_gpus`` per actor), ORM/SORM scoring on a ``ScorerPool`` per reward
+model sized like the service's reward replicas; the driver only joins the small result lists. Writes
 ``report.md``, ``metrics.json`` and PNG plots.
 """
 
@@ -76,19 +76,20 @@ def _generator(cfg: RunConfig, model_path: str, log):
 
 
 class ScorerPool:
-    """A reward model on Ray actors (``rollout.max_actors`` of them, each with the rollout pool's
-    ``num_cpus`` / ``num_gpus``: GPUs on a cluster), started once for the stage. ``score`` sends
-    chunks of 64 solutions to the actors and joins the small result lists in order."""
+    """A reward model on Ray actors, sized like the service's reward replicas
+    (``serve.reward_replicas`` actors of ``serve.replica_cpus`` / ``replica_gpus``: GPUs on a
+    cluster), started once for the stage. ``score`` sends chunks of 64 solutions to the actors
+    and joins the small result lists in order."""
 
     CHUNK = 64
 
     def __init__(self, cfg: RunConfig, model_path: str):
         import ray
 
-        r = cfg.rollout
-        actor = ray.remote(_ScoreActor).options(num_cpus=r.num_cpus, num_gpus=r.num_gpus)
-        self.actors = [actor.remote(model_path, max(1, int(r.num_cpus)))
-                       for _ in range(r.max_actors)]
+        s = cfg.serve
+        actor = ray.remote(_ScoreActor).options(num_cpus=s.replica_cpus, num_gpus=s.replica_gpus)
+        self.actors = [actor.remote(model_path, max(1, round(s.replica_cpus)))
+                       for _ in range(s.reward_replicas)]
 
     def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
         import ray

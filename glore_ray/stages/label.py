@@ -23,6 +23,7 @@ summary reports precision/recall of ORM, raw SORM and cleaned SORM labels agains
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -281,7 +282,8 @@ def labelled_dataset(cfg: RunConfig, paths):
 
 def run(cfg: RunConfig, paths, log=print) -> dict:
     """samples + rollouts -> ``paths.labels`` (StepLabel rows) and the four training sets."""
-    from glore_ray.stages import build
+    import ray
+
     from glore_ray.ray_env import init_ray, preserve_order
 
     for p, what in ((paths.samples, "samples"), (paths.rollouts, "rollouts")):
@@ -308,6 +310,33 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     with preserve_order(), _user_errors():
         labelled = labelled_dataset(cfg, paths).materialize()
         log(f"[label] labelled {n_samples} samples by question in {time.time() - t0:.1f}s")
+        # The writing runs in one Ray task: the rows' blocks are mapped into the process that
+        # reads them, and that should not be the driver (on a cluster, the head node).
+        summary = ray.get(ray.remote(num_cpus=1)(write_outputs).remote(
+            labelled, cfg, paths, n_samples))
+    log("[label] sets: " + ", ".join(f"{k} {v['train']}+{v['eval']}"
+                                     for k, v in summary["sets"].items() if isinstance(v, dict))
+        + f" (train+eval rows) in {time.time() - t0:.1f}s")
+    quality = summary["oracle_quality"]
+    if quality:
+        s = quality["sorm"]
+        log(f"[label] vs oracle: SORM accuracy {s['accuracy']:.3f}, wrong-step precision "
+            f"{_fmt(s['negative']['precision'])} recall {_fmt(s['negative']['recall'])}; ORM "
+            f"accuracy {quality['orm']['accuracy']:.3f}")
+    return summary
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)  # from a Ray task: reaches the driver's output (log_to_driver)
+
+
+def write_outputs(labelled, cfg: RunConfig, paths, n_samples: int, log=_print) -> dict:
+    """Stream the sorted LABELLED rows into ``paths.labels`` and the four sets; the summary."""
+    from glore_ray.ray_env import preserve_order
+    from glore_ray.stages import build
+
+    t0 = time.time()
+    with preserve_order():
         # pass 1: what needs every row first: the held-out questions and the balancing counts
         qids: set[str] = set()
         balancer = build.Balancer(cfg.seed) if cfg.label.balance else None
@@ -319,7 +348,7 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
         eval_qids = build.split_qids(qids, cfg.label.holdout_fraction, cfg.seed)
         writer = build.SetWriter(cfg, paths, eval_qids, balancer)
         # pass 2: step labels, orm and sorm rows, in sample order
-        tally, done = _Tally(), 0
+        tally, done, shown = _Tally(), 0, 0.0
         with build.ParquetOut(paths.labels, build.STEP_LABEL_SCHEMA) as step_out:
             for b in labelled.iter_batches(batch_format="pyarrow", batch_size=2048):
                 rows = b.to_pylist()
@@ -328,15 +357,18 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
                 step_out.write([vars(x) for row in rows for x in step_label_rows(row)])
                 writer.add_samples(rows)
                 done += len(rows)
-                log(f"[label] wrote {done}/{n_samples} samples' labels ({time.time() - t0:.1f}s)")
+                if time.time() - shown > 10 or done == n_samples:
+                    shown = time.time()
+                    log(f"[label] wrote {done}/{n_samples} samples' labels "
+                        f"({time.time() - t0:.1f}s)")
         # the refinement pairs, in qid order
         pairs = labelled.select_columns(["qid", "global_prompt", "global_target", "local_prompt",
                                          "local_target"]).sort("qid")
         for b in pairs.iter_batches(batch_format="pyarrow", batch_size=2048):
             writer.add_pairs(b.to_pylist())
-        sets = writer.close(log)
+        sets = writer.close()
     c = tally.c
-    summary = {
+    return {
         "n_samples": c["samples"], "n_rollouts": c["rollouts"], "n_steps": c["steps"],
         "sample_accuracy": c["right"] / c["samples"],
         "orm_positive_steps": float(c["orm_pos"]),
@@ -344,13 +376,6 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
         "sorm_negative_steps": float(c["steps"] - c["sorm_pos"]),
         "cleaning": tally.flips(), "sets": sets, "oracle_quality": tally.quality(),
     }
-    quality = summary["oracle_quality"]
-    if quality:
-        s = quality["sorm"]
-        log(f"[label] vs oracle: SORM accuracy {s['accuracy']:.3f}, wrong-step precision "
-            f"{_fmt(s['negative']['precision'])} recall {_fmt(s['negative']['recall'])}; ORM "
-            f"accuracy {quality['orm']['accuracy']:.3f}")
-    return summary
 
 
 def _column_values(path: Path, column: str) -> set:
@@ -373,23 +398,17 @@ def _sample_counts(path: Path) -> tuple[int, int, int]:
     return n, right, gradable
 
 
-class _user_errors:
-    """Re-raise a ValueError from inside a Ray task as itself: the user sees one clear line
-    (e.g. rollouts and samples disagree), not a Ray Data traceback."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, e, tb):
-        if e is None or isinstance(e, ValueError) and type(e) is ValueError:
-            return False
-        cause = e
-        while cause is not None and not (type(cause) is ValueError):
-            cause = cause.__cause__ or getattr(cause, "cause", None)
-        if cause is not None:
-            raise ValueError(str(cause).splitlines()[-1] if str(cause) else "label stage failed") \
-                from None
-        return False
+@contextlib.contextmanager
+def _user_errors():
+    """A ValueError raised by our code inside a Ray task reaches the user as itself, one clear
+    line (e.g. rollouts and samples disagree), not as a Ray Data traceback."""
+    try:
+        yield
+    except Exception as e:
+        cause = getattr(e, "cause", None)  # RayTaskError: the exception the task raised
+        if type(e) is not ValueError and type(cause) is ValueError:
+            raise ValueError(f"label stage: {cause}") from None
+        raise
 
 
 def _fmt(x: float | None) -> str:

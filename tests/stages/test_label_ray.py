@@ -203,3 +203,26 @@ def test_label_stage_equals_labelling_in_memory(tmp_path, smoke_config_path):
         got = [r for split in ("train", "eval") for r in pq.read_table(
             paths.training_set(which) / f"{split}.parquet").to_pylist()]
         assert sorted(got, key=lambda r: r["qid"]) == rows and rows, which
+
+
+def test_label_stage_names_inconsistent_rollouts_in_one_line(tmp_path, smoke_config_path):
+    """A rollout of a sample that does not exist, found inside a Ray task, reaches the user as a
+    plain ValueError that says what to do, and no set folder looks finished."""
+    from glore_ray.data import questions as qstage
+    from glore_ray.pipeline import RunPaths
+    from glore_ray.records import write_rows
+    from glore_ray.stages import label
+
+    cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=20",
+                                          "data.dependency.n_test=5"])
+    paths = RunPaths(cfg)
+    qstage.run(cfg, paths, log=lambda m: None)
+    samples, rollouts = _world_rows(cfg, n_q=3)
+    rollouts.append(Rollout(samples[0].qid, 99, 0, 0, "x", False))
+    write_rows(paths.samples, samples, Sample)
+    write_rows(paths.rollouts, rollouts, Rollout)
+    with pytest.raises(ValueError) as e:
+        label.run(cfg, paths, log=lambda m: None)
+    assert type(e.value) is ValueError and "rerun the rollout stage" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not (paths.training_set("orm") / "train.parquet").exists()
