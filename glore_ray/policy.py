@@ -33,7 +33,7 @@ from glore_ray.prompts import policy_prompt
 from glore_ray.records import Question, write_json
 
 ASSETS = Path(__file__).parent / "assets" / "policies"
-_NOT_RECIPE = {"model", "shipped", "eval_questions", "snapshot_every"}
+_NOT_RECIPE = {"model", "sft", "shipped", "eval_questions", "snapshot_every"}
 
 
 def recipe_hash(cfg: RunConfig) -> str:
@@ -216,20 +216,84 @@ def run(cfg: RunConfig, train: list[Question], test: list[Question], out_dir: Pa
 
 
 def stage(cfg: RunConfig, paths, log=print) -> dict:
-    """Pipeline entry: the tiny policy (or the configured pretrained one) at ``paths.policy``."""
+    """Pipeline entry: the tiny policy, a pretrained one as it is, or a pretrained one fine-tuned
+    on the world's gold solutions (``policy.sft``), at ``paths.policy``."""
     from glore_ray.data.questions import read
 
+    if cfg.policy.model is not None and cfg.policy.sft is not None:
+        return sft_policy(cfg, paths, log)
     if cfg.policy.model is not None:
-        log(f"[policy] using the pretrained model {cfg.policy.model}")
-        return {"model": cfg.policy.model}
+        log(f"[policy] using the pretrained model {cfg.policy.model} as it is")
+        return {"model": policy_path(cfg, paths)}
     out = run(cfg, read(paths, "train"), read(paths, "test"), paths.policy, log)
     return json.loads((out / "glore_policy.json").read_text())["metrics"]
+
+
+def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
+    """``policy.sft``: fine-tune ``policy.model`` on the train split's gold solutions with the
+    refiners' loop (Ray Train + DeepSpeed, loss on the solution tokens only), save the HF folder
+    at ``paths.policy``, then greedy-decode held-out train questions on the rollout pool and report
+    the accuracy and the share of answers with a gradable ``#### n`` line.
+
+    One training row: ``{"qid": "gsm8k-train-00012", "prompt": "Question: ...\nAnswer:\n",
+    "target": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n...\n#### 72"}``"""
+    from glore_ray.data.grading import extract_answer
+    from glore_ray.data.questions import read
+    from glore_ray.hub import resolve_model
+    from glore_ray.stages.build import SCHEMAS, write_set
+    from glore_ray.stages.rollout import generate_texts
+    from glore_ray.train.loop import LoopSpec
+    from glore_ray.train.ray_trainer import fit, load_deepspeed_block
+
+    s, t = cfg.policy.sft, cfg.train
+    base = resolve_model(cfg.policy.model)
+    train = read(paths, "train")
+    if len(train) <= s.eval_questions:
+        raise ValueError(f"policy.sft: the train split has {len(train)} questions, not more than "
+                         f"policy.sft.eval_questions={s.eval_questions}")
+    held, pool = train[-s.eval_questions:], train[:-s.eval_questions][: s.n_questions]
+    rows = [{"qid": q.qid, "prompt": policy_prompt(q.question), "target": q.gold_solution}
+            for q in pool if q.gold_solution.strip()]
+    folder = paths.stage("policy") / "sft"
+    write_set(folder, rows, SCHEMAS["global"], set(), hf=False)
+    per_step = s.batch_size * s.grad_accum * t.num_workers
+    spec = LoopSpec(
+        name="policy", kind="sft", policy=base, epochs=max(1, math.ceil(s.steps * per_step
+                                                                        / len(rows))),
+        lr=s.lr, batch_size=s.batch_size, grad_accum=s.grad_accum, max_steps=s.steps,
+        warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, engine=t.engine,
+        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, bf16=t.bf16 and t.use_gpu,
+        deepspeed=load_deepspeed_block(t.deepspeed), lora_rank=s.lora_rank,
+        checkpoint_every=t.checkpoint_every, log_every=t.log_every, max_len=t.max_len,
+        seed=cfg.seed)
+    log(f"[policy] fine-tuning {cfg.policy.model} on {len(rows)} gold solutions, {s.steps} steps")
+    fitted = fit(spec, folder / "train.parquet", None, storage=paths.stage("policy") / "ray",
+                 out_dir=paths.policy, num_workers=t.num_workers, use_gpu=t.use_gpu,
+                 cpus_per_worker=t.cpus_per_worker, resources_per_worker=t.resources_per_worker,
+                 max_failures=t.max_failures, eval_fraction=0.0, log=log)
+    greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=s.max_new_tokens, seed=cfg.seed)
+    texts = [c[0] for c in generate_texts(cfg, str(paths.policy),
+                                          [policy_prompt(q.question) for q in held], greedy)]
+    metrics = {"model": cfg.policy.model, "base": base, "sft_rows": len(rows),
+               "sft_steps": s.steps, "fit_seconds": fitted["fit_seconds"],
+               "final_loss": fitted["final"].get("loss"), "n_held_out": len(held),
+               "held_out_greedy_accuracy": sum(is_correct(x, q.answer) for x, q in
+                                               zip(texts, held)) / len(held),
+               "held_out_gradable": sum(extract_answer(x) is not None for x in texts) / len(held),
+               "examples": [{"question": q.question, "greedy": x} for q, x in
+                            zip(held[:2], texts[:2])]}
+    write_json(paths.policy / "glore_policy.json", {"metrics": metrics})
+    log(f"[policy] after SFT: held-out greedy accuracy {metrics['held_out_greedy_accuracy']:.3f},"
+        f" gradable answers {metrics['held_out_gradable']:.3f} ({len(held)} train questions held "
+        "out)")
+    return metrics
 
 
 def policy_path(cfg: RunConfig, paths) -> str:
     """The folder or hub id of the policy every later stage loads (local folders made absolute,
     since Ray workers run in their own working directories)."""
-    if cfg.policy.model is None:
+    if cfg.policy.model is None or cfg.policy.sft is not None:
         return str(paths.policy)
-    local = Path(cfg.policy.model).expanduser()
-    return str(local.resolve()) if local.exists() else cfg.policy.model
+    from glore_ray.hub import resolve_model
+
+    return resolve_model(cfg.policy.model)

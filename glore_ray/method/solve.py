@@ -105,7 +105,8 @@ class SolveResult:
 
 
 class Trace:
-    """Records each stage's interval relative to the batch's start (ms)."""
+    """Records each stage's interval relative to the batch's start (ms); one trace per batch,
+    shared by its results (``info`` holds per-question lists, a value for a batch of one)."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
@@ -131,7 +132,8 @@ async def _scored(models: Models, trace: Trace, stage: str, questions: list[str]
     """Set ``orm_score`` on each candidate with one ORM call."""
     if not cands:
         return
-    probs = await trace.run(stage, models.orm(questions, [c.steps for c in cands]), n=len(cands))
+    probs = await trace.run(stage, models.orm(questions, [c.steps for c in cands]),
+                            scored=[c.name for c in cands])
     for c, p in zip(cands, probs):
         c.orm_score, c.orm_steps = orm_score(p), list(p)
 
@@ -147,8 +149,7 @@ async def solve(questions: list[str], mode: Mode, models: Models, params: GraphP
     if mode == "best_of_n":
         return await _best_of_n(questions, models, params, trace, greedy, best_of or params.best_of)
     n = len(questions)
-    texts = await trace.run("draft", models.policy([policy_prompt(q) for q in questions], greedy),
-                            n=n)
+    texts = await trace.run("draft", models.policy([policy_prompt(q) for q in questions], greedy))
     drafts = [_candidate("draft", t[0]) for t in texts]
     await _scored(models, trace, "orm", questions, drafts)
 
@@ -161,16 +162,18 @@ async def solve(questions: list[str], mode: Mode, models: Models, params: GraphP
         idx = [i for i in range(n) if refine[i] and drafts[i].steps]
         if idx:
             probs = await trace.run("sorm", models.sorm([questions[i] for i in idx],
-                                                        [drafts[i].steps for i in idx]), n=len(idx))
+                                                        [drafts[i].steps for i in idx]))
             for i, p in zip(idx, probs):
                 sorm[i], where[i] = p, locate(p, params.where_threshold)
+            trace.events[-1].info["located_step"] = _one([where[i] for i in idx])
     g_idx = [i for i in range(n) if refine[i]] if mode in ("global", "glore") else []
     l_idx = [i for i in range(n) if where[i] is not None] if mode in ("local", "glore") else []
     g_texts, l_texts = await asyncio.gather(
         _generate(trace, "global", models.global_refiner,
                   [global_prompt(questions[i], drafts[i].text) for i in g_idx], greedy),
         _generate(trace, "local", models.local_refiner,
-                  [local_prompt(questions[i], drafts[i].steps, where[i]) for i in l_idx], greedy))
+                  [local_prompt(questions[i], drafts[i].steps, where[i]) for i in l_idx], greedy,
+                  located_step=_one([where[i] for i in l_idx])))
     new: dict[int, list[Candidate]] = {i: [] for i in range(n)}
     for i, t in zip(g_idx, g_texts):
         new[i].append(_candidate("global", t[0]))
@@ -191,10 +194,15 @@ async def solve(questions: list[str], mode: Mode, models: Models, params: GraphP
 
 
 async def _generate(trace: Trace, stage: str, fn: GenerateBatch, prompts: list[str],
-                    spec: SamplingSpec) -> list[list[str]]:
+                    spec: SamplingSpec, **info) -> list[list[str]]:
     if not prompts:
         return []
-    return await trace.run(stage, fn(prompts, spec), n=len(prompts))
+    return await trace.run(stage, fn(prompts, spec), **info)
+
+
+def _one(values: list):
+    """Trace info per question: the value itself for a batch of one (a Serve request)."""
+    return values[0] if len(values) == 1 else values
 
 
 async def _best_of_n(questions: list[str], models: Models, params: GraphParams, trace: Trace,
@@ -202,7 +210,7 @@ async def _best_of_n(questions: list[str], models: Models, params: GraphParams, 
     spec = SamplingSpec(n=k, temperature=params.sample_temperature, top_p=params.sample_top_p,
                         max_tokens=greedy.max_tokens, seed=params.seed)
     texts = await trace.run("sample", models.policy([policy_prompt(q) for q in questions], spec),
-                            n=k * len(questions))
+                            n=k)
     cands = [[_candidate(f"sample_{j}", t) for j, t in enumerate(row)] for row in texts]
     flat = [(q, c) for q, row in zip(questions, cands) for c in row]
     await _scored(models, trace, "rerank", [q for q, _ in flat], [c for _, c in flat])

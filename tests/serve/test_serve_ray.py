@@ -146,6 +146,7 @@ def test_serve_and_evaluate_run_the_same_solve(served):
     url, cfg, work, policy = served
     cfg = cfg.model_copy(deep=True)
     cfg.rollout.engine = cfg.serve.engine  # the service's generator engine (hf)
+    cfg.rollout.num_cpus = 0.5  # beside the service's replicas on this 4-CPU local cluster
     cfg.policy.model = str(policy)
     # the run layout evaluate reads (train/<model>) over the service's own model folders
     paths = RunPaths(cfg)
