@@ -136,8 +136,22 @@ def compute_plan(cfg: RunConfig) -> Plan:
                 assumptions=a.model_dump() | {"steps_per_solution": m})
     pool_gpus = r.max_actors * r.num_gpus
     plan.stages.append(StagePlan("data", f"{n_train:,} train / {n_test:,} test questions"))
-    plan.stages.append(StagePlan("policy", f"pretrained {cfg.policy.model}: nothing to do"
-                                 if cfg.policy.model else "tiny policy: trained on CPU"))
+    train_gpus = t.num_workers if t.use_gpu else 0
+    sft = cfg.policy.sft
+    if cfg.policy.model and sft is not None:
+        # SFT on gold solutions: prompt + one solution per row, then a greedy check
+        rows = sft.steps * sft.batch_size * sft.grad_accum * t.num_workers
+        tokens = rows * (a.prompt_tokens + a.solution_tokens)
+        check = sft.eval_questions * a.solution_tokens
+        plan.stages.append(StagePlan(
+            "policy", f"SFT of {cfg.policy.model}: {sft.steps:,} steps x {rows // sft.steps:,} "
+            f"gold solutions, then {sft.eval_questions} greedy held-out answers",
+            train_tokens=tokens, gen_tokens=check,
+            gpu_hours=_gpu_hours(tokens, a.train_tokens_per_gpu_s)
+            + _gpu_hours(check, a.gen_tokens_per_gpu_s), gpus=train_gpus))
+    else:
+        plan.stages.append(StagePlan("policy", f"pretrained {cfg.policy.model}: nothing to do"
+                                     if cfg.policy.model else "tiny policy: trained on CPU"))
 
     gen = samples * a.solution_tokens
     plan.stages.append(StagePlan(
@@ -165,7 +179,6 @@ def compute_plan(cfg: RunConfig) -> Plan:
         "label", "ORM/SORM rows {:,.0f} each, refine pairs <= {:,.0f} global / {:,.0f} local (CPU)"
         .format(sets["orm"][0], sets["global_refiner"][0], sets["local_refiner"][0])))
 
-    train_gpus = t.num_workers if t.use_gpu else 0
     for which, (rows, seq) in sets.items():
         mt = getattr(t, which)
         seen = rows * mt.epochs

@@ -252,29 +252,40 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
         raise ValueError(f"policy.sft: the train split has {len(train)} questions, not more than "
                          f"policy.sft.eval_questions={s.eval_questions}")
     held, pool = train[-s.eval_questions:], train[:-s.eval_questions][: s.n_questions]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
     rows = [{"qid": q.qid, "prompt": policy_prompt(q.question), "target": q.gold_solution}
-            for q in pool if q.gold_solution.strip()]
-    folder = paths.stage("policy") / "sft"
-    write_set(folder, rows, SCHEMAS["global"], set(), hf=False)
+            for q in pool + held if q.gold_solution.strip()]
+    # a solution longer than train.max_len cannot be learned whole: leave it out, say how many
+    fits = [len(tok(r["prompt"] + r["target"])["input_ids"]) < t.max_len for r in rows]
+    if not all(fits):
+        log(f"[policy] {fits.count(False)} of {len(rows)} gold solutions are longer than "
+            f"train.max_len={t.max_len} tokens: left out of the SFT")
+    rows = [r for r, ok in zip(rows, fits) if ok]
+    folder = paths.stage("policy") / "sft"  # eval.parquet: the held-out questions' gold
+    counts = write_set(folder, rows, SCHEMAS["global"], {q.qid for q in held}, hf=False)
     per_step = s.batch_size * s.grad_accum * t.num_workers
     spec = LoopSpec(
         name="policy", kind="sft", policy=base, epochs=max(1, math.ceil(s.steps * per_step
-                                                                        / len(rows))),
+                                                                        / counts["train"])),
         lr=s.lr, batch_size=s.batch_size, grad_accum=s.grad_accum, max_steps=s.steps,
         warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, engine=t.engine,
         zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, bf16=t.bf16 and t.use_gpu,
         deepspeed=load_deepspeed_block(t.deepspeed), lora_rank=s.lora_rank,
         checkpoint_every=t.checkpoint_every, log_every=t.log_every, max_len=t.max_len,
         seed=cfg.seed)
-    log(f"[policy] fine-tuning {cfg.policy.model} on {len(rows)} gold solutions, {s.steps} steps")
-    fitted = fit(spec, folder / "train.parquet", None, storage=paths.stage("policy") / "ray",
+    log(f"[policy] fine-tuning {cfg.policy.model} on {counts['train']} gold solutions, "
+        f"{s.steps} steps")
+    fitted = fit(spec, folder / "train.parquet", folder / "eval.parquet",
+                 storage=paths.stage("policy") / "ray",
                  out_dir=paths.policy, num_workers=t.num_workers, use_gpu=t.use_gpu,
                  cpus_per_worker=t.cpus_per_worker, resources_per_worker=t.resources_per_worker,
-                 max_failures=t.max_failures, eval_fraction=0.0, log=log)
+                 max_failures=t.max_failures, eval_fraction=t.eval_fraction, log=log)
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=s.max_new_tokens, seed=cfg.seed)
     texts = [c[0] for c in generate_texts(cfg, str(paths.policy),
                                           [policy_prompt(q.question) for q in held], greedy)]
-    metrics = {"model": cfg.policy.model, "base": base, "sft_rows": len(rows),
+    metrics = {"model": cfg.policy.model, "base": base, "sft_rows": counts["train"],
                "sft_steps": s.steps, "fit_seconds": fitted["fit_seconds"],
                "final_loss": fitted["final"].get("loss"), "n_held_out": len(held),
                "held_out_greedy_accuracy": sum(is_correct(x, q.answer) for x, q in

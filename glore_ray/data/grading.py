@@ -15,6 +15,7 @@ from fractions import Fraction
 __all__ = [
     "calculator_results",
     "extract_answer",
+    "gradable",
     "is_correct",
     "normalize_number",
     "split_steps",
@@ -116,6 +117,12 @@ def extract_answer(solution_text: str) -> str | None:
         if hit is not None:
             return normalize_number(hit.group("ans"))
     return None
+
+
+def gradable(solution_text: str) -> bool:
+    """Whether the solution commits to a number on a ``#### n`` line (the project's format)."""
+    return any(_HASH_RE.search(line) for line in solution_text.splitlines()) \
+        and extract_answer(solution_text) is not None
 
 
 def is_correct(solution_text: str, gold_answer: str) -> bool:

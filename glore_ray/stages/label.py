@@ -2,15 +2,16 @@
 training sets, on Ray Data so the driver never holds the rows.
 
     data/train.parquet ──┐
-    samples.parquet ─────┼─► union ─► groupby(qid) ─► label_question ─► sort(pos) ─┬─► pass 1: counts
-    rollouts.parquet ────┘            (Ray tasks: method/labels, method/pairs)    └─► pass 2: write
+    samples.parquet ─────┼─► union ─► groupby(qid) ─► label_question ─► sort(pos) ─► write_outputs
+    rollouts.parquet ────┘            (Ray tasks: method/labels, method/pairs)      (one Ray task)
 
 ``label_question`` (one question's samples and rollouts, in Ray tasks) returns one row per sample
 with its ORM/SORM/oracle labels, cleaning counts and, on the question's first sample, its
-refinement pairs. The driver then streams the rows twice in sample order: pass 1 counts the SORM
-classes per step index for balancing (``method.balance``), pass 2 writes ``step_labels.parquet``
-and the sets (``build.SetWriter``); the pairs stream once more in qid order. What the driver keeps
-is per question (the held-out qids) or per step index (balancing ranks), never per rollout.
+refinement pairs. ``write_outputs`` (one Ray task, not the driver) then streams the rows twice in
+sample order: pass 1 counts the SORM classes per step index for balancing (``method.balance``),
+pass 2 writes ``step_labels.parquet`` and the sets (``build.SetWriter``); the pairs stream once
+more in qid order. The driver only lists the input files, counts the samples and waits; what the
+writer keeps is per question (the held-out qids) or per step index (balancing ranks).
 
 Outputs, row for row the same as labelling in memory (``make_labels``, the unit-test path):
 
