@@ -9,25 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from glore_ray.config import LabelConfig, load_config
+from glore_ray.config import load_config
+from glore_ray.records import Rollout, Sample
 from glore_ray.stages.label import make_labels
-from glore_ray.method.labels import (
-    infer_unprobed,
-    label_quality,
-    label_sample,
-    mentions,
-    monotone,
-    step_result,
-)
-from glore_ray.records import Question, Rollout, Sample
-
-OFF = LabelConfig(monotone=False, intermediate_check=False, balance=False)
-STEPS = ["23 + 45 = 68", "68 - 12 = 56", "56 * 2 = 112", "#### 112"]
-
-
-def rolls(step_idx: int, outcomes: list[bool], texts: list[str] | None = None) -> list[Rollout]:
-    texts = texts or ["" for _ in outcomes]
-    return [Rollout("q", 0, step_idx, k, t, ok) for k, (ok, t) in enumerate(zip(outcomes, texts))]
 
 
 def _world_rows(cfg, n_q: int = 6):
