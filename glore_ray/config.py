@@ -188,6 +188,10 @@ class LabelConfig(_Strict):
     max_global_pairs_per_question: int = Field(4, ge=1)
     max_local_pairs_per_question: int = Field(4, ge=1)
     holdout_fraction: float = Field(0.1, ge=0, lt=1)
+    # A question the policy never solved (no right sample or rollout) takes its gold solution as
+    # the refiners' target: for a policy too weak to be right often (a small pretrained model).
+    # The reward models still learn from the policy's samples only.
+    gold_targets: bool = False
 
 
 class ModelTrainConfig(_Strict):

@@ -2,7 +2,8 @@
 
 - **global**: ``{qid, prompt, target}`` with ``prompt = prompts.global_prompt(question, wrong
   draft)`` and ``target`` a correct solution to the same question (the policy's own samples first,
-  then its correct rollouts, prefix + continuation).
+  then its correct rollouts, prefix + continuation; with ``gold=True`` the gold solution when the
+  policy has none — ``label.gold_targets``, for weak policies).
 - **local**: ``{qid, prompt, target}`` with ``prompt = prompts.local_prompt(question, steps,
   bad_idx)`` (``bad_idx`` = first SORM-negative step, ``decide.first_below``) and ``target`` the
   continuation of a correct solution from the prefix before ``bad_idx``: a correct rollout of that
@@ -33,9 +34,9 @@ def _solution(text: str) -> str | None:
 
 
 def correct_solutions(q: Question, samples: list[Sample], rollouts: list[Rollout],
-                      by_key: dict[tuple[str, int], Sample]) -> list[str]:
+                      by_key: dict[tuple[str, int], Sample], gold: bool = False) -> list[str]:
     """Distinct correct full solutions to ``q``: its correct samples, then its correct rollouts
-    (the sample's prefix + the continuation)."""
+    (the sample's prefix + the continuation); ``gold``: the gold solution when there are none."""
     out: dict[str, None] = {}
     for s in samples:
         if s.correct:
@@ -48,6 +49,10 @@ def correct_solutions(q: Question, samples: list[Sample], rollouts: list[Rollout
             sol = _solution(prompts.prefix_text(list(s.steps), r.step_idx) + r.text)
             if sol and is_correct(sol, q.answer):
                 out.setdefault(sol)
+    if gold and not out:
+        sol = _solution(q.gold_solution)
+        if sol and is_correct(sol, q.answer):
+            out.setdefault(sol)
     return list(out)
 
 

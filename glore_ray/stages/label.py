@@ -100,7 +100,7 @@ def label_question(q: Question, samples: list[Sample], rollouts: list[Rollout], 
                      "global_prompt": [], "global_target": [], "local_prompt": [],
                      "local_target": []})
     if rows:
-        sols = correct_solutions(q, samples, rollouts, by_key)
+        sols = correct_solutions(q, samples, rollouts, by_key, gold=cfg.gold_targets)
         glob = global_pairs(q, samples, sols, cfg.max_global_pairs_per_question, seed)
         loc = local_pairs(q, samples, hard_by_key, per_sample, sols,
                           cfg.max_local_pairs_per_question, seed)
@@ -294,15 +294,20 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     n_samples, right, gradable = _sample_counts(Path(paths.samples))
     if not n_samples:
         raise ValueError(f"label stage: no samples in {paths.samples}")
-    if right == 0:
+    if right == 0 and not cfg.label.gold_targets:
         # Nothing to learn from: no positive ORM label and no refiner target. Say so here, before
         # four models train on one class and the refiner sets come out empty.
         raise ValueError(
             f"label stage: none of the {n_samples} samples answered correctly ({gradable} "
             "ended with a gradable `#### n` answer line); the reward models need right and wrong "
             "samples and the refiners need right ones. Fine-tune the policy on gold solutions in "
-            "the project's prompt format first, or sample more (rollout.k_samples, "
-            "rollout.n_questions).")
+            "the project's prompt format first (policy.sft), sample more (rollout.k_samples, "
+            "rollout.n_questions), or let unsolved questions take their gold solution as the "
+            "refiners' target (label.gold_targets=true).")
+    if right == 0:
+        log(f"[label] warning: none of the {n_samples} samples is right ({gradable} gradable): "
+            "the reward models see wrong samples only; the refiners learn the gold solutions "
+            "(label.gold_targets)")
     n_roll = sum(pq.read_metadata(f).num_rows for f, _ in _parts(Path(paths.rollouts)))
     log(f"[label] {n_samples} samples, {n_roll} rollouts "
         f"({'budgeted' if cfg.rollout.budgeted else 'exhaustive'} rollouts), on Ray Data")

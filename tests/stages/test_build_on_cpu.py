@@ -104,6 +104,18 @@ def test_global_pairs_dedup_cap_and_targets():
     assert global_pairs(Q, samples, [], cap=4, seed=0) == []  # no correct solution: no pair
 
 
+def test_gold_solution_is_a_target_only_when_the_policy_solved_nothing():
+    samples, rolls = _world()
+    by_key = {(s.qid, s.sample_id): s for s in samples}
+    assert correct_solutions(Q, samples, rolls, by_key, gold=True) == \
+        correct_solutions(Q, samples, rolls, by_key)  # the policy's own solutions win
+    wrong = [s for s in samples if not s.correct]
+    assert correct_solutions(Q, wrong, [], by_key) == []
+    assert correct_solutions(Q, wrong, [], by_key, gold=True) == [Q.gold_solution]
+    bad_gold = Question(Q.qid, Q.question, "57", Q.gold_solution)  # gold that does not grade
+    assert correct_solutions(bad_gold, wrong, [], by_key, gold=True) == []
+
+
 def test_local_pairs_from_prefix_rollouts_and_fallbacks():
     samples, rolls = _world()
     by_key = {(s.qid, s.sample_id): s for s in samples}

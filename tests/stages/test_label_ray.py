@@ -97,15 +97,29 @@ def test_label_stage_stops_with_advice_when_no_sample_is_right(tmp_path, smoke_c
                                           "data.dependency.n_test=2"])
     paths = RunPaths(cfg)
     qstage.run(cfg, paths, log=lambda m: None)
-    samples, rollouts = _world_rows(cfg, n_q=3)
+    samples, _ = _world_rows(cfg, n_q=3)
     samples = [Sample(s.qid, s.sample_id, "no answer here", ["no answer here"], "", False, 0)
                for s in samples]
     write_rows(paths.samples, samples, Sample)
-    write_rows(paths.rollouts, rollouts, Rollout)
+    write_rows(paths.rollouts, [], Rollout)  # one-step samples: no prefix to roll out
     with pytest.raises(ValueError, match="none of the 9 samples answered correctly .0 ended with "
                                          "a gradable.*Fine-tune the policy"):
         label.run(cfg, paths, lambda m: None)
     assert not paths.labels.exists()  # nothing half-written
+
+    # label.gold_targets: the same samples label, with a warning; every refiner target is the
+    # question's gold solution (the policy solved none), and the ORM sees wrong samples only
+    cfg = cfg.model_copy(update={"label": cfg.label.model_copy(update={"gold_targets": True})})
+    logs: list[str] = []
+    label.run(cfg, paths, logs.append)
+    assert any("warning: none of the 9 samples is right" in m for m in logs)
+    gold = {q.qid: q.gold_solution for q in qstage.read(paths, "train")}
+    for which in ("global", "local"):
+        files = [paths.training_set(which) / f"{part}.parquet" for part in ("train", "eval")]
+        rows = [r for f in files if f.exists() for r in pq.read_table(f).to_pylist()]
+        assert rows and all(r["target"] == gold[r["qid"]] for r in rows), which
+    orm = pq.read_table(paths.training_set("orm") / "train.parquet").to_pylist()
+    assert orm and not any(v for r in orm for v in r["labels"])
 
 
 @pytest.mark.ray
