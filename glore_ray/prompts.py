@@ -5,15 +5,43 @@ Policy:         "Question: {q}\nAnswer:\n"                                   -> 
 Global refiner: "Question: {q}\nWrong draft:\n{draft}\nAnswer:\n"            -> full solution
 Local refiner:  "Question: {q}\nDraft:\n{draft with [BAD] before the first
                  bad step}\nAnswer:\n{steps before the bad one}\n"            -> continuation
+
+``policy.chat_template=true`` (instruct models): where a prompt meets a tokenizer (the engines, the
+trainers' encoders, the reward scorer) ``chat`` puts everything before ``Answer:\n`` in one user
+turn of the tokenizer's chat template; the text after it (a prefix to continue) follows the
+assistant header.
 """
 
 from __future__ import annotations
 
 BAD = "[BAD]"
+ANSWER = "Answer:\n"  # where every prompt hands over to the model
 
 
 def policy_prompt(question: str) -> str:
-    return f"Question: {question.strip()}\nAnswer:\n"
+    return f"Question: {question.strip()}\n{ANSWER}"
+
+
+def chat(prompt: str, tokenizer) -> str:
+    """A project prompt in ``tokenizer``'s chat template: the part before the first ``Answer:\n``
+    as the user's turn, the rest after the assistant header (SmolLM2-Instruct)::
+
+        chat("Question: 2+3?\nAnswer:\n2 + 3 = 5\n", tok)
+        # "<|im_start|>system\n...<|im_end|>\n<|im_start|>user\nQuestion: 2+3?<|im_end|>\n"
+        # "<|im_start|>assistant\n2 + 3 = 5\n"
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"policy.chat_template=true, but the tokenizer of "
+                         f"{getattr(tokenizer, 'name_or_path', '?')} has no chat template")
+    user, sep, prefix = prompt.partition(ANSWER)
+    if not sep:
+        raise ValueError(f"not a project prompt (no {ANSWER!r}): {prompt[:80]!r}")
+    head = tokenizer.apply_chat_template([{"role": "user", "content": user.strip()}],
+                                         tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and head.startswith(bos) and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        head = head[len(bos):]  # the tokenizer adds BOS itself (Llama 3): not twice
+    return head + prefix
 
 
 def prefix_text(steps: list[str], upto: int) -> str:

@@ -59,6 +59,8 @@ def test_policy_sft_needs_a_model_and_leaves_the_tiny_recipe_alone():
     assert cfg.policy.sft.steps == 3 and cfg.policy.sft.lr == 5e-5
     # the shipped tiny policy's recipe hash does not see the new section
     assert recipe_hash(load_config("configs/embedded.yaml")) == "0b4cbee13a1c528a"
+    with pytest.raises(ConfigError, match="chat_template needs a pretrained policy.model"):
+        load_config(None, ["policy.chat_template=true"])
 
 
 def test_malformed_yaml_and_shapes(tmp_path):

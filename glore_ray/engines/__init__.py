@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import functools
 
-from glore_ray.engines.base import Completion, Engine, SamplingSpec, truncate_at_answer
+from glore_ray.engines.base import (ChatPrompts, Completion, Engine, SamplingSpec,
+                                   truncate_at_answer)
 
-__all__ = ["Completion", "Engine", "SamplingSpec", "truncate_at_answer", "make_engine",
+__all__ = ["ChatPrompts", "Completion", "Engine", "SamplingSpec", "truncate_at_answer", "make_engine",
            "vllm_available", "resolve_engine_name", "spec_from_config"]
 
 
@@ -33,21 +34,30 @@ def resolve_engine_name(choice: str) -> str:
     return choice
 
 
-def make_engine(rollout_cfg, model_path: str, seed: int = 0) -> Engine:
+def make_engine(rollout_cfg, model_path: str, seed: int = 0, chat: bool = False) -> Engine:
     """The engine named by ``rollout_cfg.engine`` (``auto`` = vLLM when importable) for the model
-    folder ``model_path``; built once per actor and reused for a whole stage."""
+    folder ``model_path``; built once per actor and reused for a whole stage. ``chat``: prompts
+    go through the model's chat template (``policy.chat_template``)."""
     name = resolve_engine_name(rollout_cfg.engine)
     if name == "vllm":
         from glore_ray.engines.vllm import VLLMEngine
 
-        return VLLMEngine(model_path, dtype=rollout_cfg.dtype,
-                          prefix_caching=rollout_cfg.prefix_caching,
-                          block_size=rollout_cfg.block_size,
-                          enforce_eager=rollout_cfg.enforce_eager,
-                          kv_cache_gib=rollout_cfg.kv_cache_gib, seed=seed)
-    from glore_ray.engines.hf import HFEngine
+        engine = VLLMEngine(model_path, dtype=rollout_cfg.dtype,
+                            prefix_caching=rollout_cfg.prefix_caching,
+                            block_size=rollout_cfg.block_size,
+                            enforce_eager=rollout_cfg.enforce_eager,
+                            kv_cache_gib=rollout_cfg.kv_cache_gib, seed=seed)
+    else:
+        from glore_ray.engines.hf import HFEngine
 
-    return HFEngine(model_path, dtype=rollout_cfg.dtype)
+        engine = HFEngine(model_path, dtype=rollout_cfg.dtype)
+    if not chat:
+        return engine
+    from transformers import AutoTokenizer
+
+    from glore_ray.engines.base import ChatPrompts
+
+    return ChatPrompts(engine, AutoTokenizer.from_pretrained(model_path))
 
 
 def spec_from_config(rollout_cfg, n: int, seed: int = 0) -> SamplingSpec:

@@ -37,3 +37,20 @@ class Engine(Protocol):
         """``len(prompts)`` lists of ``spec.n`` completions (continuations only, truncated at the
         answer line)."""
         ...
+
+
+class ChatPrompts:
+    """An engine whose prompts go through the model's chat template first
+    (``policy.chat_template``, ``prompts.chat``); everything else is the wrapped engine's."""
+
+    def __init__(self, engine, tokenizer):
+        self.engine, self.tokenizer, self.name = engine, tokenizer, engine.name
+
+    def generate(self, prompts: list[str], spec: SamplingSpec,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        from glore_ray.prompts import chat
+
+        return self.engine.generate([chat(p, self.tokenizer) for p in prompts], spec, seeds)
+
+    def __getattr__(self, name):  # start_seconds, model, llm, ...
+        return getattr(self.engine, name)

@@ -26,11 +26,16 @@ def model_paths_for(cfg: RunConfig) -> dict[str, str]:
     """The five model folders of a trained run; a clear error names what is missing."""
     from glore_ray.pipeline import RunPaths
 
+    from glore_ray.policy import policy_path
+
     paths = RunPaths(cfg)
-    out = {"policy": cfg.policy.model or str(paths.policy)}
+    # the run's policy: the tiny one or the fine-tuned one in the run folder, else the pretrained
+    # model as it is (a hub id need not be a local folder)
+    local_policy = cfg.policy.model is None or cfg.policy.sft is not None
+    out = {"policy": policy_path(cfg, paths)}
     out.update({k: str(paths.model(k)) for k in ("orm", "sorm", "global", "local")})
     missing = [f"{k} ({p})" for k, p in out.items()
-               if not (cfg.policy.model and k == "policy") and not Path(p).is_dir()]
+               if (k != "policy" or local_policy) and not Path(p).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"model folder(s) missing: {', '.join(missing)}; train first: "
@@ -76,7 +81,8 @@ def build_app(cfg: RunConfig, model_paths: dict[str, str], scorer_cls: Any = Non
 
     def gen(name: str, path: str, adapters: dict[str, str] | None = None):
         return Generator.options(name=name, **gen_opts).bind(
-            path, rollout, engine=s.engine, adapters=adapters, num_cpus=s.replica_cpus)
+            path, rollout, engine=s.engine, adapters=adapters, num_cpus=s.replica_cpus,
+            chat=cfg.policy.chat_template)
 
     if is_lora_folder(model_paths["global"]) and is_lora_folder(model_paths["local"]):
         # Refiners trained as LoRA adapters of the policy: one engine serves all three.
@@ -90,9 +96,11 @@ def build_app(cfg: RunConfig, model_paths: dict[str, str], scorer_cls: Any = Non
         local = gen("local_refiner", model_paths["local"])
         adapters = {}
     orm = RewardModel.options(name="orm", **rew_opts).bind(
-        model_paths["orm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls)
+        model_paths["orm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls,
+        chat=cfg.policy.chat_template)
     sorm = RewardModel.options(name="sorm", **rew_opts).bind(
-        model_paths["sorm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls)
+        model_paths["sorm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls,
+        chat=cfg.policy.chat_template)
     ingress = build_ingress(ingress_settings(s, cfg.rollout)).options(
         name="ingress", ray_actor_options={"num_cpus": 0})
     return ingress.bind(policy, global_, local, orm, sorm, adapters)

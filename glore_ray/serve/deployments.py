@@ -19,6 +19,7 @@ from typing import Any
 from ray import serve
 
 from glore_ray.engines.base import Completion, SamplingSpec, truncate_at_answer
+from glore_ray.prompts import chat as chat_prompt
 
 log = logging.getLogger("ray.serve")
 
@@ -93,7 +94,8 @@ def _hf_merged(base: str, adapter_path: str):
 @serve.deployment(max_ongoing_requests=64)
 class Generator:
     def __init__(self, model_path: str, rollout_cfg: dict, engine: str = "auto",
-                 adapters: dict[str, str] | None = None, num_cpus: float = 1.0) -> None:
+                 adapters: dict[str, str] | None = None, num_cpus: float = 1.0,
+                 chat: bool = False) -> None:
         from glore_ray.config import RolloutConfig
         from glore_ray.engines import make_engine, resolve_engine_name
 
@@ -110,6 +112,12 @@ class Generator:
                 self.engines[name] = _hf_merged(model_path, path)
             self.multi_lora = False
         self.model_path = model_path
+        # policy.chat_template: every prompt (policy or adapter) goes through the chat template
+        self.chat_tokenizer = None
+        if chat:
+            from transformers import AutoTokenizer
+
+            self.chat_tokenizer = AutoTokenizer.from_pretrained(model_path)
         log.info("Generator %s ready (%s engine, adapters %s)", model_path, self.kind,
                  list(adapters or {}))
 
@@ -132,6 +140,8 @@ class Generator:
         out: list[list[str]] = [[] for _ in reqs]
         for (spec, adapter), idx in groups.items():
             prompts = [reqs[i].prompt for i in idx]
+            if self.chat_tokenizer is not None:
+                prompts = [chat_prompt(p, self.chat_tokenizer) for p in prompts]
             if self.multi_lora:
                 res = await asyncio.to_thread(self.engines[None].generate, prompts, spec, adapter)
             else:
@@ -158,12 +168,13 @@ class RewardModel:
     """``scorer_cls`` defaults to ``glore_ray.train.reward.RewardScorer(path, device)`` with
     ``.score(questions, steps) -> per-step probabilities``."""
 
-    def __init__(self, model_path: str, num_cpus: float = 1.0, scorer_cls: Any = None) -> None:
+    def __init__(self, model_path: str, num_cpus: float = 1.0, scorer_cls: Any = None,
+                 chat: bool = False) -> None:
         _limit_threads(num_cpus)
         cls = scorer_cls or _reward_scorer_cls()
         if cls is None:
             raise RuntimeError("glore_ray.train.reward.RewardScorer is not available")
-        self.scorer = cls(model_path)
+        self.scorer = cls(model_path, chat=True) if chat else cls(model_path)
         self.model_path = model_path
 
     def reconfigure(self, config: dict) -> None:

@@ -88,7 +88,8 @@ class ScorerPool:
 
         s = cfg.serve
         actor = ray.remote(_ScoreActor).options(num_cpus=s.replica_cpus, num_gpus=s.replica_gpus)
-        self.actors = [actor.remote(model_path, max(1, round(s.replica_cpus)))
+        self.actors = [actor.remote(model_path, max(1, round(s.replica_cpus)),
+                                    cfg.policy.chat_template)
                        for _ in range(s.reward_replicas)]
 
     def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
@@ -112,13 +113,13 @@ class ScorerPool:
 
 
 class _ScoreActor:
-    def __init__(self, model_path: str, threads: int):
+    def __init__(self, model_path: str, threads: int, chat: bool = False):
         import torch
 
         from glore_ray.train.reward import RewardScorer
 
         torch.set_num_threads(threads)
-        self.scorer = RewardScorer(model_path)
+        self.scorer = RewardScorer(model_path, chat=chat)
 
     def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
         return self.scorer.score(questions, steps)

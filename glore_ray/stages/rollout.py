@@ -84,13 +84,13 @@ class _EngineActor:
     """One engine per actor for the whole stage; reports its start-up and work to ``stats``."""
 
     def __init__(self, rollout_cfg: dict, model_path: str, seed: int, stats=None,
-                 fault: dict | None = None):
+                 fault: dict | None = None, chat: bool = False):
         from glore_ray.config import RolloutConfig
         from glore_ray.engines import make_engine
 
         self.cfg = RolloutConfig.model_validate(rollout_cfg)
         self.seed, self.stats, self.fault, self.n_batches = seed, stats, fault, 0
-        self.engine = make_engine(self.cfg, model_path, seed=seed)
+        self.engine = make_engine(self.cfg, model_path, seed=seed, chat=chat)
         if stats is not None:
             stats.add.remote(engine_start_s=[round(self.engine.start_seconds, 2)],
                              engine=self.engine.name)
@@ -133,8 +133,8 @@ class RolloutActor(_EngineActor):
     ``rollout.budgeted``, the rows ``glore_ray.method.budgeted.search`` asks for)."""
 
     def __init__(self, rollout_cfg: dict, model_path: str, seed: int, questions: dict,
-                 stats=None, fault: dict | None = None):
-        super().__init__(rollout_cfg, model_path, seed, stats, fault)
+                 stats=None, fault: dict | None = None, chat: bool = False):
+        super().__init__(rollout_cfg, model_path, seed, stats, fault, chat)
         self.questions = questions  # qid -> (question, answer)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -180,10 +180,10 @@ class TextActor(_EngineActor):
     (``generate_texts``) with the same engines and pool."""
 
     def __init__(self, rollout_cfg: dict, model_path: str, seed: int, spec: dict, stats=None,
-                 fault: dict | None = None):
+                 fault: dict | None = None, chat: bool = False):
         from glore_ray.engines import SamplingSpec
 
-        super().__init__(rollout_cfg, model_path, seed, stats, fault)
+        super().__init__(rollout_cfg, model_path, seed, stats, fault, chat)
         self.spec = SamplingSpec(**spec)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -234,7 +234,8 @@ def _map_generate(ds, actor_cls: type, cfg: RunConfig, model_path: str, stats, *
         # deprecated in 2.60. A Python error in a batch still fails the stage: it is not retried.
         fn_constructor_kwargs={"rollout_cfg": r.model_dump(mode="json"),
                                "model_path": model_path, "seed": cfg.seed, "stats": stats,
-                               "fault": _fault_from_env(), **kwargs})
+                               "fault": _fault_from_env(), "chat": cfg.policy.chat_template,
+                               **kwargs})
 
 
 def _write(ds, final: Path, expected: int | None, what: str, schema: pa.Schema) -> int:

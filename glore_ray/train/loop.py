@@ -53,6 +53,7 @@ class LoopSpec:
     bf16: bool = False
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
     lora_rank: int = 0
+    chat_template: bool = False  # prompts in the tokenizer's chat template (policy.chat_template)
     checkpoint_every: int = 50
     log_every: int = 0  # 0 = about ten progress lines per run
     max_len: int = 512
@@ -237,7 +238,8 @@ class Task:
         self.mod = reward if spec.kind == "reward" else sft
 
     def encode(self, rows: Sequence[dict]) -> list[dict]:
-        return self.mod.encode_rows(self.tokenizer, rows, self.spec.max_len)
+        return self.mod.encode_rows(self.tokenizer, rows, self.spec.max_len,
+                                    self.spec.chat_template)
 
     def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         return self.mod.collate(examples, self.pad_id)

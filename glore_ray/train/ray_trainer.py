@@ -246,8 +246,9 @@ def spec_from_config(cfg, which: str, policy: str) -> LoopSpec:
         weight_decay=t.weight_decay,
         engine=t.engine, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
         bf16=t.bf16 and t.use_gpu, deepspeed=load_deepspeed_block(t.deepspeed),
-        lora_rank=t.lora_rank, checkpoint_every=t.checkpoint_every, log_every=t.log_every,
-        max_len=t.max_len, seed=cfg.seed)
+        lora_rank=t.lora_rank, chat_template=cfg.policy.chat_template,
+        checkpoint_every=t.checkpoint_every, log_every=t.log_every, max_len=t.max_len,
+        seed=cfg.seed)
 
 
 def load_deepspeed_block(block: dict | str) -> dict:

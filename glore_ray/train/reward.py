@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from glore_ray.prompts import policy_prompt
+from glore_ray.prompts import chat, policy_prompt
 from glore_ray.train.batching import pad_right
 
 UNSCORED = 0.5  # probability reported for a step cut off by the context window (never in practice)
@@ -32,9 +32,12 @@ UNSCORED = 0.5  # probability reported for a step cut off by the context window 
 
 # ------------------------------------------------------------------ tokenisation
 
-def reward_text(question: str, steps: Sequence[str]) -> tuple[str, list[int]]:
-    """The scored text and, per step, the character index just past its ``"\\n"``."""
+def reward_text(question: str, steps: Sequence[str], chat_tokenizer=None) -> tuple[str, list[int]]:
+    """The scored text and, per step, the character index just past its ``"\\n"``;
+    ``chat_tokenizer``: the prompt in its chat template (``policy.chat_template``)."""
     text = policy_prompt(question)
+    if chat_tokenizer is not None:
+        text = chat(text, chat_tokenizer)
     ends = []
     for s in steps:
         text += s + "\n"
@@ -43,13 +46,13 @@ def reward_text(question: str, steps: Sequence[str]) -> tuple[str, list[int]]:
 
 
 def encode_reward(tokenizer, question: str, steps: Sequence[str],
-                  max_len: int) -> tuple[list[int], list[int]]:
+                  max_len: int, chat: bool = False) -> tuple[list[int], list[int]]:
     """Token ids and, per step, the index of the token holding that step's final character
     (its ``"\\n"``), found through the tokenizer's character offsets so it works for the local
     word-level tokenizer and for BPE alike. A sequence longer than ``max_len`` loses tokens from
     the *start* (the question), so the steps keep their positions; a step whose end falls in the
     cut-off part gets position -1."""
-    text, ends = reward_text(question, steps)
+    text, ends = reward_text(question, steps, tokenizer if chat else None)
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     # Special tokens carry (0, 0); give them an empty span so they never hold a character.
@@ -71,7 +74,7 @@ def encode_reward(tokenizer, question: str, steps: Sequence[str],
     return ids, positions
 
 
-def encode_rows(tokenizer, rows: Sequence[dict], max_len: int) -> list[dict]:
+def encode_rows(tokenizer, rows: Sequence[dict], max_len: int, chat: bool = False) -> list[dict]:
     """Label-stage rows -> encoded examples ``{ids, positions, targets, weights}``."""
     out = []
     for r in rows:
@@ -84,7 +87,7 @@ def encode_rows(tokenizer, rows: Sequence[dict], max_len: int) -> list[dict]:
         if len(weights) != len(steps):
             raise ValueError(f"row {r.get('qid')}: mask has {len(weights)} entries, "
                              f"{len(steps)} steps")
-        ids, pos = encode_reward(tokenizer, r["question"], steps, max_len)
+        ids, pos = encode_reward(tokenizer, r["question"], steps, max_len, chat)
         keep = [i for i, p in enumerate(pos) if p >= 0]
         out.append({"ids": ids, "positions": [pos[i] for i in keep],
                     "targets": [labels[i] for i in keep], "weights": [weights[i] for i in keep],
@@ -202,7 +205,7 @@ class RewardScorer:
     """
 
     def __init__(self, path: str | Path, device: str | None = None, batch_size: int = 32,
-                 max_len: int | None = None):
+                 max_len: int | None = None, chat: bool = False):
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         path = Path(path)
@@ -219,14 +222,14 @@ class RewardScorer:
                              f"found {self.model.config.num_labels}")
         self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                        else self.tokenizer.eos_token_id)
-        self.batch_size = batch_size
+        self.batch_size, self.chat = batch_size, chat
         self.max_len = max_len or int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._lock = threading.Lock()
 
     def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
         if len(questions) != len(steps):
             raise ValueError(f"score: {len(questions)} questions but {len(steps)} step lists")
-        encoded = [encode_reward(self.tokenizer, q, s, self.max_len) if s else ([], [])
+        encoded = [encode_reward(self.tokenizer, q, s, self.max_len, self.chat) if s else ([], [])
                    for q, s in zip(questions, steps)]
         out: list[list[float]] = [[] for _ in questions]
         order = sorted((i for i, (ids, _) in enumerate(encoded) if ids),

@@ -18,14 +18,19 @@ from typing import Sequence
 
 import torch
 
+from glore_ray.prompts import chat as chat_prompt
 from glore_ray.train.batching import pad_right
 
 
-def encode_pair(tokenizer, prompt: str, target: str, max_len: int) -> tuple[list[int], int]:
+def encode_pair(tokenizer, prompt: str, target: str, max_len: int,
+                chat: bool = False) -> tuple[list[int], int]:
     """(ids ending in EOS, number of leading prompt tokens). Over-long pairs lose prompt tokens
-    from the start (after BOS): the target is what the refiner must learn to write."""
+    from the start (after BOS): the target is what the refiner must learn to write. ``chat``: the
+    prompt in the tokenizer's chat template (``policy.chat_template``)."""
     if not target.strip():
         raise ValueError(f"empty SFT target for prompt {prompt[:60]!r}")
+    if chat:
+        prompt = chat_prompt(prompt, tokenizer)
     enc = tokenizer(prompt + target, return_offsets_mapping=True, add_special_tokens=True)
     ids = list(enc["input_ids"]) + [tokenizer.eos_token_id]
     # first token that reaches into the target; special tokens have (0, 0) spans
@@ -42,13 +47,13 @@ def encode_pair(tokenizer, prompt: str, target: str, max_len: int) -> tuple[list
     return ids, n_prompt
 
 
-def encode_rows(tokenizer, rows: Sequence[dict], max_len: int) -> list[dict]:
+def encode_rows(tokenizer, rows: Sequence[dict], max_len: int, chat: bool = False) -> list[dict]:
     """Label-stage rows -> encoded examples ``{ids, n_prompt}``."""
     out = []
     for r in rows:
         if "prompt" not in r or "target" not in r:
             raise ValueError(f"refiner row needs 'prompt' and 'target', got {sorted(r)}")
-        ids, n_prompt = encode_pair(tokenizer, r["prompt"], r["target"], max_len)
+        ids, n_prompt = encode_pair(tokenizer, r["prompt"], r["target"], max_len, chat)
         out.append({"ids": ids, "n_prompt": n_prompt})
     return out
 
