@@ -72,6 +72,34 @@ def test_every_stage_ran_and_the_report_has_its_structure(smoke_run):
     assert "[evaluate] done" in kept and "global+local+ORM rerank" in kept and "pid=" in kept
 
 
+def test_the_four_trained_models_load_and_score(smoke_run):
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    from glore_ray.train.reward import RewardScorer
+
+    root, log, _ = smoke_run
+    assert "[train orm] step" in log  # the progress line, from Ray Train's reports
+    summary = json.loads((root / "train" / "_DONE.json").read_text())["summary"]
+    q = "Mia has 23 shells. She finds 45 more shells. How many shells does Mia have now?"
+    for which in ("orm", "sorm"):
+        folder = root / "train" / which
+        model = AutoModelForTokenClassification.from_pretrained(folder)  # plain transformers
+        assert model.config.num_labels == 1
+        probs = RewardScorer(folder).score([q, q], [["23 + 45 = 68", "#### 68"], ["#### 67"]])
+        assert [len(p) for p in probs] == [2, 1] and all(0 < x < 1 for p in probs for x in p)
+        assert 0 <= summary[which]["eval_step_accuracy"] <= 1
+        hist = json.loads((folder / "glore_train.json").read_text())["history"]
+        assert hist and hist[-1]["step"] == summary[which]["step"]
+    for which in ("global", "local"):
+        folder = root / "train" / which
+        tok = AutoTokenizer.from_pretrained(folder)
+        lm = AutoModelForCausalLM.from_pretrained(folder)
+        ids = tok("Question: " + q + "\nAnswer:\n", return_tensors="pt")["input_ids"]
+        gen = lm.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert gen.shape[1] > ids.shape[1]
+        assert "eval_token_accuracy" in summary[which]
+
+
 def test_plots_are_valid_pngs_with_the_expected_series(smoke_run):
     from PIL import Image
 

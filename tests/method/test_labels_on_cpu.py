@@ -4,12 +4,9 @@ make_labels (the in-memory path of the label stage)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import pyarrow.parquet as pq
 import pytest
 
-from glore_ray.config import LabelConfig, load_config
+from glore_ray.config import LabelConfig
 from glore_ray.stages.label import make_labels
 from glore_ray.method.labels import (
     infer_unprobed,

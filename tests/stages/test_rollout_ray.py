@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
-import pyarrow.parquet as pq
 import pytest
 
 from glore_ray.cli import main
