@@ -51,7 +51,9 @@ def _gguf_path() -> Path:
 def smollm2_folder(out: Path | None = None) -> Path:
     """The HF folder of SmolLM2-135M-Instruct converted from the package's GGUF (cached)."""
     out = Path(out or cache_dir() / "smollm2-135m-instruct")
-    if (out / "config.json").exists():
+    done = out / "config.json"
+    # (a folder converted before the GGUF marker was dropped from its config is converted again)
+    if done.exists() and "quantization_config" not in done.read_text():
         return out
     gguf = _gguf_path()
     import torch
@@ -60,7 +62,10 @@ def smollm2_folder(out: Path | None = None) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                   dtype=torch.float32)
-    config = AutoConfig.for_model(**loaded.config.to_dict())
+    # de-quantised weights: without the GGUF marker the folder is a plain float32 model that
+    # save_pretrained accepts again (the policy SFT and every fine-tune save from it)
+    fields = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+    config = AutoConfig.for_model(**fields)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     if tok.pad_token is None:

@@ -26,7 +26,7 @@ def test_a_missing_package_says_how_to_install_it(monkeypatch, tmp_path):
         hub.smollm2_folder(tmp_path / "none")
 
 
-def test_smollm2_becomes_an_hf_folder_that_loads_and_answers():
+def test_smollm2_becomes_an_hf_folder_that_loads_answers_and_saves(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -43,3 +43,7 @@ def test_smollm2_becomes_an_hf_folder_that_loads_and_answers():
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "5" in tok.decode(out[0][enc["input_ids"].shape[1]:])
+    # a plain float32 folder: what is loaded from it saves again (every fine-tune saves from it)
+    assert "quantization_config" not in model.config.to_dict()
+    model.save_pretrained(tmp_path / "copy")
+    assert (tmp_path / "copy" / "config.json").exists()
