@@ -18,7 +18,8 @@ from tests.test_pipeline_ray import STAGES, _run
 pytestmark = [pytest.mark.ray]
 
 # Fewer SFT steps and rows than the config: the suite checks the path, the README the figures.
-OVERRIDES = ["policy.sft.steps=6", "policy.sft.eval_questions=4", "policy.sft.max_new_tokens=96",
+OVERRIDES = ["policy.sft.steps=2", "policy.sft.batch_size=4", "policy.sft.eval_questions=4",
+             "policy.sft.max_new_tokens=96",
              "rollout.n_questions=3", "rollout.max_tokens=128", "evaluate.n_questions=2",
              "serve.max_new_tokens=96"]
 # Calculator notes as GSM8K writes them (train question 0's gold solution).
@@ -43,7 +44,7 @@ def test_every_stage_ran_on_the_fine_tuned_pretrained_policy(gsm8k_run):
     for s in STAGES:
         assert (root / s / "_DONE.json").exists(), s
     meta = json.loads((root / "policy" / "model" / "glore_policy.json").read_text())["metrics"]
-    assert meta["sft_steps"] == 6 and meta["sft_rows"] > 900 and meta["n_held_out"] == 4
+    assert meta["sft_steps"] == 2 and meta["sft_rows"] > 900 and meta["n_held_out"] == 4
     assert 0.0 <= meta["held_out_gradable"] <= 1.0 and meta["fit_seconds"] > 0
     assert "[policy] after SFT: held-out greedy accuracy" in log
     m = json.loads((root / "evaluate" / "metrics.json").read_text())
