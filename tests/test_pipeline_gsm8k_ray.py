@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.ray]
 # Fewer SFT steps and rows than the config: the suite checks the path, the README the figures.
 OVERRIDES = ["policy.sft.steps=2", "policy.sft.batch_size=4", "policy.sft.eval_questions=4",
              "policy.sft.max_new_tokens=96",
-             "rollout.n_questions=3", "rollout.max_tokens=128", "evaluate.n_questions=2",
+             "rollout.n_questions=3", "rollout.max_tokens=64", "evaluate.n_questions=2",
              "serve.max_new_tokens=96"]
 # Calculator notes as GSM8K writes them (train question 0's gold solution).
 GOLD_STEPS = ["Natalia sold 48/2 = <<48/2=24>>24 clips in May.",
