@@ -39,8 +39,8 @@ def chat(prompt: str, tokenizer) -> str:
     head = tokenizer.apply_chat_template([{"role": "user", "content": user.strip()}],
                                          tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
-    adds_bos = tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
-    if bos and head.startswith(bos) and adds_bos:
+    if bos and head.startswith(bos) and tokenizer("a")["input_ids"][:1] == [
+            tokenizer.bos_token_id]:
         head = head[len(bos):]  # the tokenizer adds BOS itself (Llama 3): not twice
     return head + prefix
 

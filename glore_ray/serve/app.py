@@ -29,10 +29,9 @@ def model_paths_for(cfg: RunConfig) -> dict[str, str]:
     from glore_ray.policy import policy_path
 
     paths = RunPaths(cfg)
-    # the run's policy: the tiny one or the fine-tuned one in the run folder, else the pretrained
-    # model as it is (a hub id need not be a local folder)
-    local_policy = cfg.policy.model is None or cfg.policy.sft is not None
     out = {"policy": policy_path(cfg, paths)}
+    # the run's own policy folder must exist; a pretrained model used as is may be a hub id
+    local_policy = out["policy"] == str(paths.policy)
     out.update({k: str(paths.model(k)) for k in ("orm", "sorm", "global", "local")})
     missing = [f"{k} ({p})" for k, p in out.items()
                if (k != "policy" or local_policy) and not Path(p).is_dir()]
