@@ -8,7 +8,9 @@ question, per sampler and prompt format, on GSM8K *train* questions taken from t
         --samplers 1.0:1.0,0.8:0.95 --out benchmarks/results/format_share_sft.json
 
 In-process, on the project's engine (``--engine vllm`` or ``hf``) with the pipeline's prompts
-(``chat`` = ``policy.chat_template``) and grader; no Ray. ``--samplers`` lists temperature:top_p.
+(``chat`` = ``policy.chat_template``) and grader; no Ray. ``--samplers`` lists
+temperature:top_p. A sample without a ``#### n`` line that ran to ``--max-tokens`` is
+counted as ``ran_out`` (it rambled or looped), one that stopped early as ``stopped``.
 """
 
 from __future__ import annotations
@@ -55,9 +57,13 @@ def main() -> None:
             outs = engine.generate(prompts, SamplingSpec(n=a.k, temperature=t, top_p=p,
                                                          max_tokens=a.max_tokens, seed=1))
             texts = [(c.text, r["answer"]) for r, o in zip(rows, outs) for c in o]
+            ungraded = [c for o in outs for c in o if extract_answer(c.text) is None]
             res = {"prompts": fmt, "temperature": t, "top_p": p, "n": len(texts),
                    "gradable": round(sum(extract_answer(x) is not None for x, _ in texts)
                                      / len(texts), 4),
+                   "ran_out": sum(c.n_tokens >= a.max_tokens for c in ungraded),
+                   "stopped": sum(c.n_tokens < a.max_tokens for c in ungraded),
+                   "ungraded_tails": [c.text[-120:] for c in ungraded[:3]],
                    "accuracy": round(sum(is_correct(x, ans) for x, ans in texts) / len(texts), 4),
                    "prompt_tokens": round(sum(len(tok(q)["input_ids"]) for q in prompts)
                                           / len(prompts), 1),

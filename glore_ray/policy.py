@@ -271,7 +271,7 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
                                                                         / counts["train"])),
         lr=s.lr, batch_size=s.batch_size, grad_accum=s.grad_accum, max_steps=s.steps,
         warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, engine=t.engine,
-        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, bf16=t.bf16 and t.use_gpu,
+        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, bf16=t.bf16,
         deepspeed=load_deepspeed_block(t.deepspeed), lora_rank=s.lora_rank,
         chat_template=cfg.policy.chat_template, checkpoint_every=t.checkpoint_every,
         log_every=t.log_every, max_len=t.max_len, seed=cfg.seed)

@@ -63,6 +63,10 @@ def test_answers_are_graded_and_calculator_notes_give_step_results(gsm8k_run):
     for s in samples:
         assert s["correct"] == is_correct(s["text"], answers[s["qid"]])
         assert (s["final_answer"] or None) == extract_answer(s["text"])
+    # the stage reports the share of samples that commit to a final answer (the SFT's first aim)
+    summary = json.loads((root / "sample" / "_DONE.json").read_text())["summary"]
+    assert summary["gradable"] == round(
+        sum(extract_answer(s["text"]) is not None for s in samples) / len(samples), 4)
     # the intermediate-result check reads a step's calculator note, not the text around it
     assert [step_result(x) for x in GOLD_STEPS] == ["24", "72", "72"]
     assert step_result("She has <<3*4=12>>12 left, 5 more than Tom") == "12"

@@ -291,15 +291,19 @@ def run_sample(cfg: RunConfig, paths, log=print) -> dict:
     ds = _map_generate(ds, SampleActor, cfg, policy_path(cfg, paths), stats)
     n = _write(ds, paths.samples, len(questions) * r.k_samples, "sample", SAMPLE_SCHEMA)
     summary = _summarise(stats, time.time() - t0)
-    t = pq.read_table(str(paths.samples), columns=["qid", "correct", "oracle_first_wrong"])
+    t = pq.read_table(str(paths.samples), columns=["qid", "correct", "final_answer"])
     correct = t.column("correct").to_pylist()
+    # the share that commits to a final answer at all: a fresh pretrained policy's first hurdle
+    gradable = sum(bool(a) for a in t.column("final_answer").to_pylist())
     by_q: dict[str, bool] = {}
     for qid, c in zip(t.column("qid").to_pylist(), correct):
         by_q[qid] = by_q.get(qid, False) or c
     summary.update(n_questions=len(questions), n_samples=n, accuracy=round(sum(correct) / n, 4),
-                   pass_at_k=round(sum(by_q.values()) / len(by_q), 4))
+                   pass_at_k=round(sum(by_q.values()) / len(by_q), 4),
+                   gradable=round(gradable / n, 4))
     log(f"[sample] {n} samples, accuracy {summary['accuracy']:.3f}, pass@{r.k_samples} "
-        f"{summary['pass_at_k']:.3f}; {summary['generated_tokens']} tokens at "
+        f"{summary['pass_at_k']:.3f}, with a final answer {gradable}/{n}; "
+        f"{summary['generated_tokens']} tokens at "
         f"{summary['tokens_per_s']:.0f} tok/s (engine start {summary['engine_start_s']} s)")
     return summary
 

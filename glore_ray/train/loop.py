@@ -50,7 +50,7 @@ class LoopSpec:
     engine: Literal["deepspeed", "ddp"] = "deepspeed"
     zero_stage: int = 2
     offload_optimizer: bool = False
-    bf16: bool = False
+    bf16: bool = False  # bf16 compute, fp32 weights: DeepSpeed's bf16 mode on GPU, autocast else
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
     lora_rank: int = 0
     chat_template: bool = False  # prompts in the tokenizer's chat template (policy.chat_template)
@@ -96,7 +96,12 @@ def deepspeed_config(spec: LoopSpec) -> dict:
         "gradient_accumulation_steps": spec.grad_accum,
         "gradient_clipping": 1.0,
         "zero_optimization": zero,
-        "bf16": {"enabled": spec.bf16},
+        # bf16 with fp32 master weights: DeepSpeed's bf16 mode on GPU; on CPU torch autocast
+        # through DeepSpeed (its engine turns off an autocast opened outside it), since Xeons
+        # with AMX run a 135M model's forward + backward ~2x faster in bf16 (measured here).
+        "bf16": {"enabled": spec.bf16 and torch.cuda.is_available()},
+        "torch_autocast": {"enabled": spec.bf16 and not torch.cuda.is_available(),
+                           "dtype": "bfloat16"},
         # We pass torch's AdamW; with CPU offload DeepSpeed would otherwise insist on its own
         # CPU-Adam op (another JIT build). Override through `train.deepspeed` for GPU clusters.
         "zero_force_ds_cpu_optimizer": False,
@@ -104,6 +109,14 @@ def deepspeed_config(spec: LoopSpec) -> dict:
         "wall_clock_breakdown": False,
     }
     return _deep_merge(cfg, spec.deepspeed)
+
+
+def autocast(spec: LoopSpec):
+    """bf16 compute under the DDP engine (DeepSpeed casts inside its own forward, see
+    ``deepspeed_config``); weights, gradients and the optimizer stay fp32."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16,
+                          enabled=spec.bf16 and spec.engine == "ddp")
 
 
 def lr_lambda(total_steps: int, spec: LoopSpec) -> Callable[[int], float]:
@@ -369,7 +382,8 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
         # resume lands on the exact micro-batch: the order is a function of (seed, epoch, rank)
         for b in range((step % steps_per_epoch) * spec.grad_accum, len(batches)):
             batch = task.collate([train_ex[i] for i in batches[b]])
-            loss, _ = task.loss(fwd, batch)
+            with autocast(spec):
+                loss, _ = task.loss(fwd, batch)
             engine.backward(loss)
             engine.step()
             acc["loss"] += float(loss.detach())
@@ -415,7 +429,8 @@ def evaluate(task: Task, model, eval_ex: list[dict], spec: LoopSpec) -> dict:
         chunk = eval_ex[b * spec.batch_size : (b + 1) * spec.batch_size]
         real = bool(chunk)
         batch = task.collate(chunk or eval_ex[: spec.batch_size] or [_dummy(task)])
-        loss, out = task.loss(model, batch)
+        with autocast(spec):
+            loss, out = task.loss(model, batch)
         if not real:
             continue
         loss_sum += float(loss) * out["weight"]

@@ -245,7 +245,7 @@ def spec_from_config(cfg, which: str, policy: str) -> LoopSpec:
         max_steps=m.max_steps, rank_weight=m.rank_weight, warmup_ratio=t.warmup_ratio,
         weight_decay=t.weight_decay,
         engine=t.engine, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
-        bf16=t.bf16 and t.use_gpu, deepspeed=load_deepspeed_block(t.deepspeed),
+        bf16=t.bf16, deepspeed=load_deepspeed_block(t.deepspeed),
         lora_rank=t.lora_rank, chat_template=cfg.policy.chat_template,
         checkpoint_every=t.checkpoint_every, log_every=t.log_every, max_len=t.max_len,
         seed=cfg.seed)

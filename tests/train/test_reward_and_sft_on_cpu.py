@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from glore_ray.prompts import global_prompt, policy_prompt
 from glore_ray.train import reward, sft
@@ -121,6 +122,23 @@ def test_deepspeed_block_from_yaml(tmp_path):
                                         "offload_optimizer": {"device": "cpu"}}
     with pytest.raises(FileNotFoundError):
         load_deepspeed_block(str(tmp_path / "missing.json"))
+
+
+def test_bf16_on_cpu_is_deepspeeds_torch_autocast_over_fp32_weights():
+    from glore_ray.train.loop import LoopSpec, autocast, deepspeed_config
+
+    off = deepspeed_config(LoopSpec(name="policy", kind="sft", policy="-"))
+    assert not off["bf16"]["enabled"] and not off["torch_autocast"]["enabled"]
+    on = deepspeed_config(LoopSpec(name="policy", kind="sft", policy="-", bf16=True))
+    # no GPU here: DeepSpeed's bf16 mode (bf16 weights + fp32 masters) is for GPUs
+    assert not on["bf16"]["enabled"]
+    assert on["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    # the DDP engine casts in the loop; under DeepSpeed the loop leaves it to the engine
+    with autocast(LoopSpec(name="p", kind="sft", policy="-", bf16=True, engine="ddp")):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(LoopSpec(name="p", kind="sft", policy="-", bf16=True)):
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_synthetic_sets_match_the_label_stage_format(tmp_path):
