@@ -96,6 +96,21 @@ def test_content_fields_rerun_from_their_stage(override, first):
     assert _first_rerun(override) == first
 
 
+@pytest.mark.parametrize("override", ["train.bf16=false", "train.max_len=400",
+                                      "train.zero_stage=3", "train.warmup_ratio=0.2"])
+def test_the_policy_sft_reads_the_train_loop_fields(override):
+    # gsm8k-smoke fine-tunes its policy with the train section's loop: a change there is a new
+    # policy (and new samples); the tiny policy's runs rerun only their train stage (above)
+    gsm8k = load_config(REPO / "configs/gsm8k-smoke.yaml", [])
+    changed = load_config(REPO / "configs/gsm8k-smoke.yaml", [override])
+    assert stage_hash(gsm8k, "data") == stage_hash(changed, "data")
+    assert stage_hash(gsm8k, "policy") != stage_hash(changed, "policy")
+    # the reward models' own steps are not the SFT's: the policy is kept
+    steps = load_config(REPO / "configs/gsm8k-smoke.yaml", ["train.orm.max_steps=3"])
+    assert stage_hash(gsm8k, "sample") == stage_hash(steps, "sample")
+    assert stage_hash(gsm8k, "train") != stage_hash(steps, "train")
+
+
 # ------------------------------------------------------------------ the read lists and knobs
 
 def _content_leaves(model: BaseModel, prefix: str = "") -> list[str]:
@@ -114,7 +129,7 @@ def test_every_read_path_names_a_config_field_and_no_knob():
     cfg = RunConfig()
     for s in STAGES:
         assert s.reads or s.name == "rollout", s.name
-        for path in s.reads:
+        for path in (*s.reads, *(pipeline.SFT_TRAIN_READS if s.name == "policy" else ())):
             cfg.get_path(path)  # raises ConfigError on a renamed or misspelt field
             assert not cfg.path_is_knob(path), f"stage {s.name} lists the knob {path}"
     with pytest.raises(ConfigError, match="rollout.k_rolouts"):
