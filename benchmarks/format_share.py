@@ -59,8 +59,7 @@ def main() -> None:
             texts = [(c.text, r["answer"]) for r, o in zip(rows, outs) for c in o]
             ungraded = [c for o in outs for c in o if extract_answer(c.text) is None]
             res = {"prompts": fmt, "temperature": t, "top_p": p, "n": len(texts),
-                   "gradable": round(sum(extract_answer(x) is not None for x, _ in texts)
-                                     / len(texts), 4),
+                   "gradable": round(1 - len(ungraded) / len(texts), 4),
                    "ran_out": sum(c.n_tokens >= a.max_tokens for c in ungraded),
                    "stopped": sum(c.n_tokens < a.max_tokens for c in ungraded),
                    "ungraded_tails": [c.text[-120:] for c in ungraded[:3]],

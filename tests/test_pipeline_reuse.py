@@ -105,7 +105,11 @@ def test_the_policy_sft_reads_the_train_loop_fields(override):
     changed = load_config(REPO / "configs/gsm8k-smoke.yaml", [override])
     assert stage_hash(gsm8k, "data") == stage_hash(changed, "data")
     assert stage_hash(gsm8k, "policy") != stage_hash(changed, "policy")
-    # the reward models' own steps are not the SFT's: the policy is kept
+
+
+def test_the_policy_sft_keeps_its_policy_when_a_reward_model_changes():
+    # the reward models' own steps are not the SFT's: the policy and its samples are kept
+    gsm8k = load_config(REPO / "configs/gsm8k-smoke.yaml", [])
     steps = load_config(REPO / "configs/gsm8k-smoke.yaml", ["train.orm.max_steps=3"])
     assert stage_hash(gsm8k, "sample") == stage_hash(steps, "sample")
     assert stage_hash(gsm8k, "train") != stage_hash(steps, "train")
