@@ -68,8 +68,14 @@ class SyntheticConfig(_Strict):
 
 
 class DependencyConfig(_Strict):
-    """The dependency world with a verification gap (the embedded default; data/dependency.py)."""
+    """The dependency world with a verification gap (data/dependency.py).
 
+    ``style: symbolic`` (single-letter names, clauses in the solution line's own syntax
+    ``V = T + I .``, ``what is Q ?``, a whitespace tokenizer: every name one id wherever it stands)
+    is the format a 0.9M policy learns binding in; ``worded`` (``pears are plums plus 3.``) is the
+    first dependency world, kept for its shipped policy and as a step of the record."""
+
+    style: Literal["worded", "symbolic"] = "worded"
     min_needed: int = Field(2, ge=2, le=16)  # quantities the answer needs (one solution line each)
     max_needed: int = Field(5, ge=2, le=16)
     min_distractors: int = Field(1, ge=0, le=8)  # stated quantities the answer does not need
@@ -136,6 +142,9 @@ class PolicyConfig(_Strict):
     stop_at: int | None = Field(None, ge=1)  # stop early at this step (chosen on validation)
     snapshot_every: int = knob(0, ge=0)  # scripts/ship_policy.py evaluates a snapshot every N
     batch_size: int = Field(32, ge=1)
+    # grouped: length-grouped batches (+25% throughput); random: each batch drawn at random, as
+    # the prototype that learned binding did (DESIGN §3c)
+    batches: Literal["grouped", "random"] = "grouped"
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(50, ge=0)
@@ -212,6 +221,9 @@ class ModelTrainConfig(_Strict):
     # Reward models only: weight of the within-question ranking term beside the BCE
     # (train/reward.ranking_loss); > 0 also batches each question's samples together.
     rank_weight: float = Field(0.0, ge=0)
+    # Reward models only: weight of the policy's next-token loss on the solution tokens beside
+    # the BCE (train/reward.RewardWithLM); the exported model is the plain reward model.
+    lm_weight: float = Field(0.0, ge=0)
 
 
 class TrainConfig(_Strict):
@@ -237,6 +249,16 @@ class TrainConfig(_Strict):
     sorm: ModelTrainConfig = ModelTrainConfig()
     global_refiner: ModelTrainConfig = ModelTrainConfig()
     local_refiner: ModelTrainConfig = ModelTrainConfig()
+
+    @model_validator(mode="after")
+    def _lm_weight(self) -> "TrainConfig":
+        if self.lora_rank and (self.orm.lm_weight or self.sorm.lm_weight):
+            raise ValueError("train.orm/sorm.lm_weight needs a full fine-tune (the LM head is "
+                             "trained beside the reward head): set train.lora_rank=0")
+        if self.global_refiner.lm_weight or self.local_refiner.lm_weight:
+            raise ValueError("lm_weight is for the reward models (train.orm / train.sorm): the "
+                             "refiners' loss is the next-token loss already")
+        return self
 
 
 class ServeConfig(_Strict):

@@ -34,6 +34,8 @@ from glore_ray.records import Question, write_json
 
 ASSETS = Path(__file__).parent / "assets" / "policies"
 _NOT_RECIPE = {"model", "sft", "chat_template", "shipped", "eval_questions", "snapshot_every"}
+# knobs added after policies were shipped: at these values they hash as if absent
+_NEW_DEFAULTS = {"policy": {"batches": "grouped"}, "world": {"style": "worded"}}
 
 
 def recipe_hash(cfg: RunConfig) -> str:
@@ -46,6 +48,10 @@ def recipe_hash(cfg: RunConfig) -> str:
         del recipe["stop_at"]
     blob = {"policy": recipe,
             "world": worlds.world_config(cfg.data).model_dump(mode="json")}
+    for part, defaults in _NEW_DEFAULTS.items():
+        for key, value in defaults.items():
+            if blob[part].get(key) == value:
+                del blob[part][key]
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,8 +79,13 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int
     return out
 
 
-def _batches(encoded, batch_size: int, rng: random.Random):
-    """Length-grouped batches: shuffle, sort within chunks of 50 batches, shuffle the batches."""
+def _batches(encoded, batch_size: int, rng: random.Random, kind: str = "grouped"):
+    """``grouped``: shuffle, sort within chunks of 50 batches, shuffle the batches (+25%
+    throughput); ``random``: each batch drawn at random (DESIGN §3c's prototype, which learned
+    binding, drew its batches this way)."""
+    if kind == "random":
+        while True:
+            yield rng.sample(range(len(encoded)), batch_size)
     idx = list(range(len(encoded)))
     while True:
         rng.shuffle(idx)
@@ -107,8 +118,9 @@ def sft_step(model, opt, ids, mask, labels) -> float:
 
 def train_policy(cfg: RunConfig, train: list[Question], log=print, on_snapshot=None):
     """Train to ``policy.stop_at`` (default: the end) of a ``policy.steps`` schedule;
-    ``on_snapshot(step, model, tokenizer)`` is called every ``policy.snapshot_every`` steps and
-    stops the training (keeping that step's model) by returning True."""
+    ``on_snapshot(step, model, tokenizer, loss)`` is called every ``policy.snapshot_every`` steps
+    (``loss``: the running per-token loss) and stops the training (keeping that step's model) by
+    returning True."""
     p = cfg.policy
     tokenizer = worlds.build_world_tokenizer(cfg.data)
     model = build_model(cfg, tokenizer)
@@ -125,7 +137,7 @@ def train_policy(cfg: RunConfig, train: list[Question], log=print, on_snapshot=N
         frac = (step - p.warmup_steps) / max(1, p.steps - p.warmup_steps)
         return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * frac))
 
-    batches = _batches(encoded, p.batch_size, random.Random(cfg.policy.seed))
+    batches = _batches(encoded, p.batch_size, random.Random(cfg.policy.seed), p.batches)
     model.train()
     t0, running = time.time(), None
     stop = p.stop_at or p.steps
@@ -139,17 +151,24 @@ def train_policy(cfg: RunConfig, train: list[Question], log=print, on_snapshot=N
                 f"({time.time() - t0:.0f}s)")
         if on_snapshot and p.snapshot_every and (step + 1) % p.snapshot_every == 0:
             model.eval()
-            if on_snapshot(step + 1, model, tokenizer):
+            if on_snapshot(step + 1, model, tokenizer, running):
                 break
             model.train()
     model.eval()
     return model, tokenizer
 
 
-def evaluate_policy(model, tokenizer, test: list[Question], max_tokens: int = 160,
+BINDING = ("wrong_clause", "copy", "unknown_quantity")  # errors of reading the question
+
+
+def evaluate_policy(model, tokenizer, test: list[Question], max_tokens: int | None = None,
                     pass_k: int = 0) -> dict:
-    """Greedy accuracy and, from the oracle, where and how the wrong solutions go wrong;
-    ``pass_k`` > 0 adds pass@k of temperature-1 samples (the headroom SORM labels need)."""
+    """Greedy accuracy and, from the oracle, where and how the wrong solutions go wrong
+    (``binding_share``: the wrong drafts' share of errors in reading the question); ``pass_k`` > 0
+    adds pass@k of temperature-1 samples (the headroom SORM labels need). ``max_tokens``
+    defaults to the longest gold solution plus 32 tokens."""
+    if max_tokens is None:
+        max_tokens = max(len(tokenizer(q.gold_solution)["input_ids"]) for q in test) + 32
     engine = HFEngine.from_model(model, tokenizer, batch_size=100)
     prompts = [policy_prompt(q.question) for q in test]
     outs = engine.generate(prompts, SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens))
@@ -171,7 +190,8 @@ def evaluate_policy(model, tokenizer, test: list[Question], max_tokens: int = 16
         extra = {f"pass@{pass_k}": sum(any(r) for r in right) / len(test),
                  "sample_accuracy": sum(map(sum, right)) / (len(test) * pass_k)}
     return {"n": len(test), "greedy_accuracy": n_right / len(test), **extra,
-            "error_kinds": dict(kinds), "first_wrong_step": dict(sorted(first_steps.items())),
+            "error_kinds": dict(kinds),
+            "binding_share": sum(kinds[k] for k in BINDING) / wrong if wrong else 0.0, "first_wrong_step": dict(sorted(first_steps.items())),
             "intermediate_error_share": (sum(v for k, v in first_steps.items() if k != "final line")
                                          / wrong if wrong else 0.0)}
 

@@ -22,6 +22,24 @@ here: checking that a line's operands were already computed and that it copies t
 local and easy, while writing the plan is not (in the arithmetic world checking a sum is exactly as
 hard as writing it, and reranking cannot help: README, "the arithmetic control").
 
+``style: symbolic`` writes the same problems as the prototype that learned binding did (DESIGN §3c):
+single-letter names, each clause in the solution line's own syntax, so copying a clause is a plain
+copy::
+
+    V = T + I . E = 2 . F = E + 5 . Q = V - F . T = 4 . I = 5 . what is Q ?
+
+    T = 4
+    I = 5
+    V = T + I = 4 + 5 = 9
+    E = 2
+    F = E + 5 = 2 + 5 = 7
+    Q = V - F = 9 - 7 = 2
+    #### 2
+
+Its problems grow backwards from the target (each quantity a number, or defined from one or two new
+ones, until ``needed`` are named), distractors hang off any stated quantity, and its text is read
+by a whitespace tokenizer (``tokenizer.build_space_tokenizer``).
+
 The oracle (``first_wrong_step``) accepts any valid dependency order and names the first wrong line
 of a model-written solution and its kind.
 """
@@ -53,6 +71,8 @@ CLAUSES = {
     "diff": "{x} are {a} minus {b}.",
 }
 QUESTION = "How many {x} are there?"
+LETTERS = [chr(ord("A") + i) for i in range(26)]
+SYMBOLIC_QUESTION = "what is {x} ?"
 
 
 @dataclass
@@ -161,7 +181,76 @@ def _post_order(target: str, quantities: dict[str, Quantity]) -> list[str]:
     return out
 
 
+def _symbolic_try(rng: random.Random, cfg: DependencyConfig) -> Problem | None:
+    """One draw of the symbolic world, or None when a value leaves 0..max_value.
+
+    The needed quantities grow breadth-first from the target: while fewer than ``needed`` are
+    named, a quantity is defined from two new ones (``sum``/``diff``) or one (``add``/``sub`` with a
+    number 1..9, ``mul`` = twice); the rest are numbers 1..9. Distractors are defined from any
+    quantity stated before them (or are numbers) and are used by nothing needed."""
+    m = rng.randint(cfg.min_needed, cfg.max_needed)
+    k = rng.randint(cfg.min_distractors, cfg.max_distractors)
+    names = rng.sample(LETTERS, m + k)
+    fresh = iter(names)
+    target = next(fresh)
+    defs: dict[str, tuple[str, list[str], int | None]] = {}
+    frontier, count = [target], 1
+    while frontier:
+        q = frontier.pop(0)
+        if count >= m:
+            defs[q] = ("num", [], rng.randint(1, 9))
+            continue
+        kind = rng.choice(["add", "sub", "mul", "sum", "diff", "add", "sub"])
+        if kind in ("sum", "diff") and count + 2 <= m:
+            args = [next(fresh), next(fresh)]
+            defs[q] = (kind, args, None)
+        else:
+            kind = "add" if kind in ("sum", "diff") else kind
+            args = [next(fresh)]
+            defs[q] = (kind, args, None if kind == "mul" else rng.randint(1, 9))
+        frontier += args
+        count += len(args)
+    values: dict[str, int] = {}
+
+    def value(q: str) -> int:
+        if q not in values:
+            kind, args, n = defs[q]
+            values[q] = _apply(kind, [value(a) for a in args], n)
+        return values[q]
+
+    value(target)
+    if not all(0 <= v <= cfg.max_value for v in values.values()):
+        return None
+    quantities = {q: Quantity(q, kind, args, n, values[q]) for q, (kind, args, n) in defs.items()}
+    order = _post_order(target, quantities)
+    for name in names[m:]:
+        for _ in range(50):
+            kind = rng.choice(["add", "sub", "mul", "num"])
+            args = [] if kind == "num" else [rng.choice(list(quantities))]
+            n = None if kind == "mul" else rng.randint(1, 9)
+            v = _apply(kind, [values[a] for a in args], n)
+            if 0 <= v <= cfg.max_value:
+                break
+        else:
+            kind, args, n, v = "num", [], 3, 3
+        quantities[name], values[name] = Quantity(name, kind, args, n, v), v
+    clauses = [f"{q.name} = {q.expr()} ." for q in quantities.values()]
+    if cfg.shuffle:
+        rng.shuffle(clauses)
+    question = " ".join(clauses + [SYMBOLIC_QUESTION.format(x=target)])
+    return Problem(question, quantities, order)
+
+
 def make_problem(rng: random.Random, cfg: DependencyConfig) -> Problem:
+    """A problem in the config's style (see the module docstring)."""
+    if cfg.style == "symbolic":
+        while (p := _symbolic_try(rng, cfg)) is None:
+            pass
+        return p
+    return _worded_problem(rng, cfg)
+
+
+def _worded_problem(rng: random.Random, cfg: DependencyConfig) -> Problem:
     """Needed quantities in topological order (rejection-sampled until exactly one, the target,
     is used by nothing), then distractors defined from them and used by none of them."""
     while True:
@@ -234,7 +323,7 @@ def _generate(n: int, rng: random.Random, cfg: DependencyConfig, prefix: str,
 
 ERROR_KINDS = ("format", "unknown_quantity", "extra_step", "wrong_clause", "premature", "copy",
                "arithmetic", "missing_step", "wrong_final", "truncated")
-_NAME = r"[a-z]+"
+_NAME = r"[A-Za-z]+"
 _LEAF = re.compile(rf"^({_NAME}) = (\d+)$")
 _OP1 = re.compile(rf"^({_NAME}) = ({_NAME}) ([-+]) (\d+) = (\d+) [-+] (\d+) = (-?\d+)$")
 _MUL = re.compile(rf"^({_NAME}) = 2 \* ({_NAME}) = 2 \* (\d+) = (-?\d+)$")
@@ -304,8 +393,19 @@ def first_wrong_step(solution_text: str, oracle: str | dict) -> tuple[int, str]:
     return len(lines), "truncated"
 
 
+def symbolic_vocabulary(max_value: int) -> list[str]:
+    """Every whitespace-separated token the symbolic world and the prompt templates can write."""
+    from glore_ray.prompts import global_prompt, local_prompt, policy_prompt
+
+    templates = [policy_prompt("Q"), global_prompt("Q", "D"), local_prompt("Q", ["D", "D"], 1)]
+    words = {w for t in templates for w in t.split()}
+    symbols = ["=", "+", "-", "*", ".", "?", "what", "is", "####"]
+    numbers = [str(i) for i in range(max(40, max_value) + 1)]
+    return sorted(words | set(symbols) | set(LETTERS)) + numbers
+
+
 def vocabulary() -> list[str]:
-    """Every word the world can write, for the locally built word-level tokenizer."""
+    """Every word the worded world can write, for the locally built word-level tokenizer."""
     words: set[str] = set(NAMES)
     for t in [*CLAUSES.values(), QUESTION]:
         words.update(re.findall(r"[A-Za-z]+", re.sub(r"\{[^}]*\}", " ", t)))

@@ -45,6 +45,10 @@ def build_world_tokenizer(d: DataConfig):
     if d.source == "dependency":
         from glore_ray.data import dependency
 
+        if d.dependency.style == "symbolic":
+            from glore_ray.tokenizer import build_space_tokenizer
+
+            return build_space_tokenizer(dependency.symbolic_vocabulary(d.dependency.max_value))
         return build_tokenizer(dependency.vocabulary(), whole_numbers=d.dependency.max_value)
     from glore_ray.data import synthetic
 

@@ -44,6 +44,7 @@ class LoopSpec:
     grad_accum: int = 1
     max_steps: int | None = None  # optimizer steps
     rank_weight: float = 0.0  # reward: within-question ranking term (batches grouped by question)
+    lm_weight: float = 0.0  # reward: next-token loss on the solution tokens beside the BCE
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -67,6 +68,8 @@ def build_model(spec: LoopSpec):
     dtype = torch.float32  # DeepSpeed's bf16 mode keeps fp32 masters and casts itself
     model = (reward.build_reward_model(spec.policy, dtype) if spec.kind == "reward"
              else sft.build_refiner(spec.policy, dtype))
+    if spec.kind == "reward" and spec.lm_weight > 0:
+        model = reward.RewardWithLM(model, spec.policy, dtype)
     if spec.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -261,8 +264,10 @@ class Task:
     def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
         """(loss, sums to aggregate for metrics)."""
         if self.spec.kind == "reward":
-            logits = reward.step_logits(model, batch)
+            logits, lm_logits = reward.forward(model, batch)
             loss, w = reward.reward_loss(logits, batch)
+            if lm_logits is not None:
+                loss = loss + self.spec.lm_weight * reward.lm_loss(lm_logits, batch)
             if self.spec.rank_weight > 0:
                 rank, _ = reward.ranking_loss(logits, batch)
                 loss = loss + self.spec.rank_weight * rank
@@ -508,6 +513,8 @@ def export_hf(ckpt_dir: str | Path, spec: LoopSpec, out_dir: str | Path) -> Path
     state = consolidated_state_dict(ckpt_dir, spec)
     model = build_model(spec)
     missing, unexpected = model.load_state_dict(state, strict=False)
+    if isinstance(model, reward.RewardWithLM):  # the LM head was for training only
+        model = model.reward
     tied = {k for k in missing if k.endswith("lm_head.weight")}
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"[{spec.name}] checkpoint does not match the model: missing "

@@ -242,8 +242,8 @@ def spec_from_config(cfg, which: str, policy: str) -> LoopSpec:
     return LoopSpec(
         name=which, kind="reward" if which in ("orm", "sorm") else "sft", policy=policy,
         epochs=m.epochs, lr=m.lr, batch_size=m.batch_size, grad_accum=m.grad_accum,
-        max_steps=m.max_steps, rank_weight=m.rank_weight, warmup_ratio=t.warmup_ratio,
-        weight_decay=t.weight_decay,
+        max_steps=m.max_steps, rank_weight=m.rank_weight, lm_weight=m.lm_weight,
+        warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
         engine=t.engine, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
         bf16=t.bf16, deepspeed=load_deepspeed_block(t.deepspeed),
         lora_rank=t.lora_rank, chat_template=cfg.policy.chat_template,

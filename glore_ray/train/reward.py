@@ -12,6 +12,11 @@ the last token of its line, the one holding its ``"\\n"``. The loss is BCE-with-
 positions only (float targets, weighted by ``mask``); every other token is ignored. The model is an
 ``AutoModelForTokenClassification`` with ``num_labels=1`` (``LlamaForTokenClassification`` for the
 tiny policy), saved with ``save_pretrained`` + the tokenizer, so plain transformers reloads it.
+
+``train.<model>.lm_weight`` > 0 adds the policy's next-token loss on the solution tokens beside the
+BCE (``RewardWithLM``, training only): the verifier keeps reading solutions as the policy did
+(DESIGN §3c: a policy-initialised ORM with BCE + 0.5 x LM loss ranked right above wrong within a
+question at 80%). The exported folder is the token-classification model alone.
 """
 
 from __future__ import annotations
@@ -45,13 +50,14 @@ def reward_text(question: str, steps: Sequence[str], chat_tokenizer=None) -> tup
     return text, ends
 
 
-def encode_reward(tokenizer, question: str, steps: Sequence[str],
-                  max_len: int, chat: bool = False) -> tuple[list[int], list[int]]:
+def encode_reward(tokenizer, question: str, steps: Sequence[str], max_len: int,
+                  chat: bool = False, with_start: bool = False):
     """Token ids and, per step, the index of the token holding that step's final character
     (its ``"\\n"``), found through the tokenizer's character offsets so it works for the local
     word-level tokenizer and for BPE alike. A sequence longer than ``max_len`` loses tokens from
     the *start* (the question), so the steps keep their positions; a step whose end falls in the
-    cut-off part gets position -1."""
+    cut-off part gets position -1. ``with_start``: also the index of the first solution token
+    (where the LM loss starts)."""
     text, ends = reward_text(question, steps, tokenizer if chat else None)
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
@@ -64,6 +70,8 @@ def encode_reward(tokenizer, question: str, steps: Sequence[str],
         if t < 0 or offsets[t][1] < end:
             raise ValueError(f"cannot locate the end of a step in the tokenized text: {text!r}")
         positions.append(t)
+    prompt_end = (ends[0] - len(steps[0]) - 1) if steps else len(text)
+    start = next((i for i, s in enumerate(starts) if s >= prompt_end), len(ids))
     if len(ids) > max_len:
         cut = len(ids) - max_len
         keep_bos = tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
@@ -71,7 +79,8 @@ def encode_reward(tokenizer, question: str, steps: Sequence[str],
         cut += len(head)
         ids = head + ids[cut:]
         positions = [p - cut + len(head) if p >= cut else -1 for p in positions]
-    return ids, positions
+        start = max(len(head), start - cut + len(head))
+    return (ids, positions, start) if with_start else (ids, positions)
 
 
 def encode_rows(tokenizer, rows: Sequence[dict], max_len: int, chat: bool = False) -> list[dict]:
@@ -87,9 +96,9 @@ def encode_rows(tokenizer, rows: Sequence[dict], max_len: int, chat: bool = Fals
         if len(weights) != len(steps):
             raise ValueError(f"row {r.get('qid')}: mask has {len(weights)} entries, "
                              f"{len(steps)} steps")
-        ids, pos = encode_reward(tokenizer, r["question"], steps, max_len, chat)
+        ids, pos, start = encode_reward(tokenizer, r["question"], steps, max_len, chat, True)
         keep = [i for i, p in enumerate(pos) if p >= 0]
-        out.append({"ids": ids, "positions": [pos[i] for i in keep],
+        out.append({"ids": ids, "positions": [pos[i] for i in keep], "lm_from": start,
                     "targets": [labels[i] for i in keep], "weights": [weights[i] for i in keep],
                     # for the within-question ranking term: which question, and the outcome
                     "group": zlib.crc32(str(r.get("qid", "")).encode()),
@@ -98,11 +107,15 @@ def encode_rows(tokenizer, rows: Sequence[dict], max_len: int, chat: bool = Fals
 
 
 def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; ``targets``/``weights`` are dense (B, T) with weight 0 off the step ends."""
+    """Right-padded batch; ``targets``/``weights`` are dense (B, T) with weight 0 off the step ends;
+    ``lm_labels`` holds the solution tokens (-100 elsewhere) for the auxiliary LM loss."""
     ids, attn = pad_right([e["ids"] for e in examples], pad_id)
     targets = torch.zeros(ids.shape, dtype=torch.float32)
     weights = torch.zeros(ids.shape, dtype=torch.float32)
+    lm_labels = torch.full(ids.shape, -100, dtype=torch.long)
     for i, e in enumerate(examples):
+        n, start = len(e["ids"]), e.get("lm_from", len(e["ids"]))
+        lm_labels[i, start:n] = ids[i, start:n]
         if e["positions"]:
             pos = torch.tensor(e["positions"])
             targets[i, pos] = torch.tensor(e["targets"])
@@ -111,7 +124,7 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     group = torch.tensor([e.get("group", i) for i, e in enumerate(examples)], dtype=torch.int64)
     outcome = torch.tensor([float(e.get("outcome", 0.0)) for e in examples])
     return {"input_ids": ids, "attention_mask": attn, "targets": targets, "weights": weights,
-            "last": last, "group": group, "outcome": outcome}
+            "last": last, "group": group, "outcome": outcome, "lm_labels": lm_labels}
 
 
 # ------------------------------------------------------------------ model and loss
@@ -127,10 +140,52 @@ def build_reward_model(policy: str | Path, dtype: torch.dtype = torch.float32):
     return model
 
 
+class RewardWithLM(torch.nn.Module):
+    """Training only: the reward model plus a next-token head on the same final hidden states —
+    the tied input embedding (the tiny policy) or the policy's own LM head (untied models), kept
+    beside the reward model and dropped at export (``reward`` is what gets saved).
+
+    ``forward`` returns ``(step logits (B, T, 1), next-token logits (B, T, V))``."""
+
+    def __init__(self, reward_model, policy: str | Path, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.reward = reward_model
+        self.lm_head = None
+        if not getattr(reward_model.config, "tie_word_embeddings", False):
+            from transformers import AutoModelForCausalLM
+
+            lm = AutoModelForCausalLM.from_pretrained(str(policy), dtype=dtype)
+            self.lm_head = lm.get_output_embeddings()
+
+    def forward(self, input_ids, attention_mask):
+        h = self.reward.base_model(input_ids=input_ids,
+                                   attention_mask=attention_mask).last_hidden_state
+        lm = (self.lm_head(h) if self.lm_head is not None
+              else h @ self.reward.get_input_embeddings().weight.T)
+        head = self.reward.score if hasattr(self.reward, "score") else self.reward.classifier
+        return head(h), lm
+
+
+def forward(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) step logits, one per token, and the next-token logits when the model has an LM head
+    (``RewardWithLM``), else None."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if isinstance(out, tuple):
+        return out[0].squeeze(-1).float(), out[1]
+    return out.logits.squeeze(-1).float(), None
+
+
 def step_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, T) logits, one per token."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return out.logits.squeeze(-1).float()
+    return forward(model, batch)[0]
+
+
+def lm_loss(lm_logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy on the solution tokens."""
+    labels = batch["lm_labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(
+        lm_logits[:, :-1].float().reshape(-1, lm_logits.shape[-1]), labels.reshape(-1),
+        ignore_index=-100)
 
 
 def reward_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
