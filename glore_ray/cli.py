@@ -1,6 +1,7 @@
 """`glore <command> CONFIG [key=value ...]` — thin: parse, validate, call the stage functions.
 
-Exit codes: 0 ok, 1 a stage failed, 2 bad input (config, overrides, missing file).
+Exit codes: 0 ok, 1 a stage failed, 2 bad input (config, overrides, missing file, data a stage
+cannot use, a run folder another process is writing; one line, ``--debug`` for the traceback).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from glore_ray.config import ConfigError, RunConfig, load_config
-from glore_ray.pipeline import STAGE_NAMES
+from glore_ray.pipeline import STAGE_NAMES, RunFolderBusy
 
 COMMANDS = {
     "run": "every stage in order, skipping finished ones",
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--force", action="store_true", help="rerun even if already done")
         if name == "run":
             sp.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
+        sp.add_argument("--debug", action="store_true",
+                        help="show the full traceback of a bad-input error")
     return p
 
 
@@ -93,11 +96,13 @@ def dispatch(command: str, cfg: RunConfig, force: bool = False, until: str | Non
         print(f"config OK: run folder {cfg.run_dir}")
         return 0
     if command == "run":
-        pipeline.run_all(cfg, _log, until=until)
+        with pipeline.run_lock(cfg):
+            pipeline.run_all(cfg, _log, until=until)
         return 0
     if command in STAGE_NAMES:
-        pipeline.save_config(cfg)
-        summary = pipeline.run_stage(cfg, command, _log, force=force)
+        with pipeline.run_lock(cfg):
+            pipeline.save_config(cfg)
+            summary = pipeline.run_stage(cfg, command, _log, force=force)
         return 0 if summary is not None else 3
     if command == "serve":
         from glore_ray.serve.app import serve_foreground
@@ -125,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return dispatch(args.command, cfg, getattr(args, "force", False),
                             getattr(args, "until", None))
-        except (FileNotFoundError, ConfigError) as e:
+        except (FileNotFoundError, ConfigError, ValueError, RunFolderBusy) as e:
+            # bad input (a config, a file, data a stage cannot use, a busy run folder): one line
+            # that says what to do; the traceback goes to the run's log (or --debug shows it)
+            if getattr(args, "debug", False):
+                raise
+            log = getattr(sys.stderr, "file", None)
+            if log is not None and not log.closed:
+                log.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
             print(f"glore: error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

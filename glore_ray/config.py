@@ -208,6 +208,9 @@ class LabelConfig(_Strict):
     # the refiners' target: for a policy too weak to be right often (a small pretrained model).
     # The reward models still learn from the policy's samples only.
     gold_targets: bool = False
+    # The global refiner's target is a correct *sample* of the draft's question (the paper's
+    # pairs); true: a question with none takes a correct rollout (prefix + continuation) instead.
+    global_from_rollouts: bool = True
 
 
 class ModelTrainConfig(_Strict):
@@ -407,6 +410,24 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int):
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping with a key given twice."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     tree: dict = {}
@@ -415,7 +436,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+        except _DuplicateKey as e:
+            raise ConfigError(f"config file {p} line {e.line}: key {e.key!r} is given twice (YAML "
+                              "would silently keep the last one); keep one") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

@@ -13,8 +13,11 @@ rollouts; changing ``rollout.k_rollouts`` reruns rollout onwards but keeps the s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -169,7 +172,7 @@ def run_stage(cfg: RunConfig, name: str, log=print, force: bool = False) -> dict
         return None
     for s in STAGES[: STAGE_NAMES.index(name)]:
         if not is_done(cfg, paths, s.name):
-            raise RuntimeError(f"stage {name!r} needs stage {s.name!r} first "
+            raise ValueError(f"stage {name!r} needs stage {s.name!r} first "
                                f"(run `glore {s.name}` or `glore run`)")
     # A stage that was interrupted or made for another config starts from a clean folder.
     if paths.stage(name).exists():
@@ -182,6 +185,38 @@ def run_stage(cfg: RunConfig, name: str, log=print, force: bool = False) -> dict
     mark_done(cfg, paths, name, summary, seconds)
     log(f"[{name}] done in {seconds:.1f}s")
     return summary
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is writing this run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(cfg: RunConfig):
+    """One writer per run folder: an advisory lock (``<run folder>/.lock``, holding the writer's
+    pid) for as long as a ``glore run`` or a stage runs. Two writers would overwrite each other's
+    temporary files and wipe each other's stage folders; the second one stops at once instead.
+    The lock goes with the process, so a killed run leaves nothing to clean up."""
+    root = cfg.run_dir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise RunFolderBusy(f"run folder {root} is in use by pid {pid}: wait for it to finish, "
+                            "stop it, or run with another name= / output_dir=") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def save_config(cfg: RunConfig) -> Path:

@@ -172,6 +172,7 @@ class SetWriter:
 
     def add_samples(self, labelled: list[dict]) -> None:
         sorm, trl = [], []
+        labelled = [s for s in labelled if s["steps"]]  # no step end to score in an empty one
         for s in labelled:
             mask = self.balancer.mask(s["hard"]) if self.balancer else [1.0] * len(s["steps"])
             if any(mask):

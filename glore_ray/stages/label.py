@@ -47,7 +47,8 @@ LABELLED = pa.schema([
     ("hard", _F), ("soft", _F), ("raw_hard", _F), ("n_rollouts", pa.list_(pa.int64())),
     ("oracle", _F),  # empty when the world has no oracle or it does not parse the sample
     ("n_rollout_rows", pa.int64()), ("flips", pa.list_(pa.int64())),  # FLIPS order
-    ("global_prompt", _S), ("global_target", _S), ("local_prompt", _S), ("local_target", _S)])
+    ("global_prompt", _S), ("global_target", _S), ("global_source", _S), ("local_prompt", _S),
+    ("local_target", _S)])
 FLIPS = ("intermediate_check", "inferred", "monotone")
 # The union of questions, samples and rollouts that is grouped by qid (kind q / s / r).
 _MIXED = pa.schema([
@@ -69,9 +70,7 @@ def label_question(q: Question, samples: list[Sample], rollouts: list[Rollout], 
         key = (s.qid, int(s.sample_id))
         if key in by_key:
             raise ValueError(f"samples: duplicate (qid, sample_id) rows, e.g. {key}")
-        if not s.steps:
-            raise ValueError(f"sample {s.qid}/{s.sample_id} has no steps")
-        by_key[key] = s
+        by_key[key] = s  # an empty completion is a wrong sample with no steps (counted as empty)
     grouped: dict[tuple[str, int], dict[int, list[Rollout]]] = defaultdict(lambda: defaultdict(list))
     per_sample: dict[tuple[str, int], list[Rollout]] = defaultdict(list)
     for r in rollouts:
@@ -97,16 +96,18 @@ def label_question(q: Question, samples: list[Sample], rollouts: list[Rollout], 
                      "hard": lab.hard, "soft": lab.soft, "raw_hard": lab.raw_hard,
                      "n_rollouts": lab.n_rollouts, "oracle": oracle or [],
                      "n_rollout_rows": len(per_sample.get(key, [])), "flips": flips,
-                     "global_prompt": [], "global_target": [], "local_prompt": [],
-                     "local_target": []})
+                     "global_prompt": [], "global_target": [], "global_source": [],
+                     "local_prompt": [], "local_target": []})
     if rows:
         sols = correct_solutions(q, samples, rollouts, by_key, gold=cfg.gold_targets)
-        glob = global_pairs(q, samples, sols, cfg.max_global_pairs_per_question, seed)
+        glob = global_pairs(q, samples, sols, cfg.max_global_pairs_per_question, seed,
+                            cfg.global_from_rollouts)
         loc = local_pairs(q, samples, hard_by_key, per_sample, sols,
                           cfg.max_local_pairs_per_question, seed)
         first = min(rows, key=lambda r: r["pos"])  # the question's pairs ride on its first sample
         first.update(global_prompt=[p["prompt"] for p in glob],
                      global_target=[p["target"] for p in glob],
+                     global_source=[p["source"] for p in glob],
                      local_prompt=[p["prompt"] for p in loc],
                      local_target=[p["target"] for p in loc])
     return rows
@@ -171,7 +172,8 @@ class _Tally:
 
     def add(self, row: dict) -> None:
         n = len(row["steps"])
-        self.c.update(samples=1, steps=n, rollouts=row["n_rollout_rows"],
+        self.c.update(f"global_from_{src}" for src in row.get("global_source") or [])
+        self.c.update(samples=1, steps=n, empty=int(n == 0), rollouts=row["n_rollout_rows"],
                       right=int(row["correct"]), orm_pos=n * int(row["correct"]),
                       sorm_pos=int(sum(row["hard"])))
         for name, v in zip(FLIPS, row["flips"]):
@@ -322,7 +324,8 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
             labelled, cfg, paths, n_samples))
     log("[label] sets: " + ", ".join(f"{k} {v['train']}+{v['eval']}"
                                      for k, v in summary["sets"].items() if isinstance(v, dict))
-        + f" (train+eval rows) in {time.time() - t0:.1f}s")
+        + f" (train+eval rows) in {time.time() - t0:.1f}s; global targets by source: "
+        + ", ".join(f"{k} {v}" for k, v in summary["global_pairs_by_source"].items()))
     quality = summary["oracle_quality"]
     if quality:
         s = quality["sorm"]
@@ -376,11 +379,13 @@ def write_outputs(labelled, cfg: RunConfig, paths, n_samples: int, log=_print) -
     c = tally.c
     return {
         "n_samples": c["samples"], "n_rollouts": c["rollouts"], "n_steps": c["steps"],
+        "empty_samples": c["empty"],  # completions with no step at all: wrong, in no reward set
         "sample_accuracy": c["right"] / c["samples"],
         "orm_positive_steps": float(c["orm_pos"]),
         "sorm_positive_steps": float(c["sorm_pos"]),
         "sorm_negative_steps": float(c["steps"] - c["sorm_pos"]),
         "cleaning": tally.flips(), "sets": sets, "oracle_quality": tally.quality(),
+        "global_pairs_by_source": {k: c[f"global_from_{k}"] for k in ("sample", "rollout", "gold")},
     }
 
 

@@ -94,14 +94,28 @@ def test_global_pairs_dedup_cap_and_targets():
     samples, rolls = _world()
     by_key = {(s.qid, s.sample_id): s for s in samples}
     sols = correct_solutions(Q, samples, rolls, by_key)
-    assert sols[0] == "\n".join(RIGHT)  # samples first, rollouts (prefix + continuation) after
+    # samples first, rollouts (prefix + continuation) after, each with its source
+    assert list(sols.items())[0] == ("\n".join(RIGHT), "sample")
+    assert set(sols.values()) == {"sample", "rollout"}
     pairs = global_pairs(Q, samples, sols, cap=10, seed=0)
     assert len(pairs) == 2  # wrong_b and its duplicate give one draft
     drafts = {p["prompt"] for p in pairs}
     assert drafts == {prompts.global_prompt(Q.question, "\n".join(s.steps)) for s in samples[1:3]}
-    assert all(p["target"] in sols and p["target"].endswith("#### 56") for p in pairs)
+    # the paper's pairs: the target is a correct *sample* whenever the question has one
+    assert all(p["target"] == "\n".join(RIGHT) and p["source"] == "sample" for p in pairs)
     assert len(global_pairs(Q, samples, sols, cap=1, seed=0)) == 1
-    assert global_pairs(Q, samples, [], cap=4, seed=0) == []  # no correct solution: no pair
+    assert global_pairs(Q, samples, {}, cap=4, seed=0) == []  # no correct solution: no pair
+
+
+def test_global_targets_are_rollouts_only_for_questions_without_a_right_sample():
+    samples, rolls = _world()
+    wrong = [s for s in samples if not s.correct]
+    by_key = {(s.qid, s.sample_id): s for s in samples}
+    sols = correct_solutions(Q, wrong, rolls, by_key)
+    assert set(sols.values()) == {"rollout"}
+    pairs = global_pairs(Q, wrong, sols, cap=10, seed=0)
+    assert pairs and all(p["source"] == "rollout" and p["target"] in sols for p in pairs)
+    assert global_pairs(Q, wrong, sols, cap=10, seed=0, rollouts=False) == []
 
 
 def test_gold_solution_is_a_target_only_when_the_policy_solved_nothing():
@@ -110,10 +124,10 @@ def test_gold_solution_is_a_target_only_when_the_policy_solved_nothing():
     assert correct_solutions(Q, samples, rolls, by_key, gold=True) == \
         correct_solutions(Q, samples, rolls, by_key)  # the policy's own solutions win
     wrong = [s for s in samples if not s.correct]
-    assert correct_solutions(Q, wrong, [], by_key) == []
-    assert correct_solutions(Q, wrong, [], by_key, gold=True) == [Q.gold_solution]
+    assert correct_solutions(Q, wrong, [], by_key) == {}
+    assert correct_solutions(Q, wrong, [], by_key, gold=True) == {Q.gold_solution: "gold"}
     bad_gold = Question(Q.qid, Q.question, "57", Q.gold_solution)  # gold that does not grade
-    assert correct_solutions(bad_gold, wrong, [], by_key, gold=True) == []
+    assert correct_solutions(bad_gold, wrong, [], by_key, gold=True) == {}
 
 
 def test_local_pairs_from_prefix_rollouts_and_fallbacks():
@@ -166,3 +180,23 @@ def test_write_set_and_trl_export_load_with_datasets(tmp_path):
     assert pq.read_table(tmp_path / "empty" / "eval.parquet").column_names == [
         "qid", "prompt", "target"]
     assert Counter(r["qid"] for r in rows) == {"q1": 4, "q2": 4}
+
+
+def test_an_empty_completion_is_a_wrong_sample_with_no_steps():
+    """One empty or whitespace completion among paid-for rollouts: labelled, counted, in no
+    reward set, still a draft for the global refiner; the stage does not stop."""
+    from glore_ray.config import LabelConfig
+    from glore_ray.stages import label
+
+    samples, rolls = _world()
+    empty = Sample("q1", 7, "  \n", [], None, False)
+    rows = label.label_question(Q, [*samples, empty], rolls, LabelConfig(), seed=0)
+    row = next(r for r in rows if r["sample_id"] == 7)
+    assert row["steps"] == [] and row["hard"] == [] and not row["correct"]
+    assert label.step_label_rows(row) == []
+    tally = label._Tally()
+    for r in rows:
+        tally.add(r)
+    assert tally.c["empty"] == 1 and tally.c["samples"] == len(samples) + 1
+    first = min(rows, key=lambda r: r["pos"])
+    assert prompts.global_prompt(Q.question, "") in first["global_prompt"]

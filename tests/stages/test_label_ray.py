@@ -189,8 +189,9 @@ def test_label_stage_equals_labelling_in_memory(tmp_path, smoke_config_path):
         qs = [s for s in samples if s.qid == qid]
         rs = [r for r in rollouts if r.qid == qid]
         sols = correct_solutions(questions[qid], qs, rs, by_key)
-        glob += global_pairs(questions[qid], qs, sols, cfg.label.max_global_pairs_per_question,
-                             cfg.seed)
+        glob += [{k: v for k, v in p.items() if k != "source"} for p in global_pairs(
+            questions[qid], qs, sols, cfg.label.max_global_pairs_per_question, cfg.seed,
+            cfg.label.global_from_rollouts)]
         per_s: dict = {}
         for r in rs:
             per_s.setdefault((r.qid, r.sample_id), []).append(r)
