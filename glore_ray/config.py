@@ -277,7 +277,10 @@ class ServeConfig(_Strict):
     batch_wait_timeout_s: float = knob(0.01, ge=0)
     max_question_chars: int = Field(4000, ge=1)
     max_new_tokens: int = Field(128, ge=1)
-    api_key_env: str = knob("GLORE_API_KEY")
+    # the environment variable holding the API key clients must send; unset there = the service
+    # refuses to start (fails closed); null = no key (an open service, e.g. on localhost)
+    api_key_env: str | None = knob(None)
+    request_timeout_s: float = knob(300.0, gt=0)  # a request still unanswered gets a 504
     engine: Literal["auto", "vllm", "hf"] = "auto"  # generator engine (auto = vLLM if importable)
     replica_cpus: float = knob(0.5, gt=0)  # Ray CPUs (and torch threads) per model replica
     replica_gpus: float = knob(0.0, ge=0)  # GPUs per model replica (GPU clusters: e.g. 1)

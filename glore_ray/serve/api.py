@@ -6,12 +6,16 @@
     GET  /docs                  OpenAPI UI (schema at /openapi.json)
 
 Every bad request gets a 4xx JSON body ``{"error": {"type", "field", "message"}}`` naming the
-offending field; the request never reaches a model deployment.
+offending field; the request never reaches a model deployment. A request that outlives
+``serve.request_timeout_s`` gets a 504; an internal error a 500 whose body carries a request id
+(the exception goes to the replica's log under that id, never to the client).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 import re
 import time
 import uuid
@@ -91,9 +95,46 @@ class APIError(Exception):
         self.status, self.field, self.message, self.type = status, field, message, type_
 
 
-def _error(status: int, field: str, message: str, type_: str = "invalid_request") -> JSONResponse:
-    return JSONResponse(status_code=status,
-                        content={"error": {"type": type_, "field": field, "message": message}})
+def _error(status: int, field: str, message: str, type_: str = "invalid_request",
+           **extra: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={
+        "error": {"type": type_, "field": field, "message": message, **extra}})
+
+
+_log = logging.getLogger("ray.serve")
+
+
+class BodyLimit:
+    """ASGI middleware: the body is read (at most ``limit`` bytes) before the app sees it, so the
+    limit holds for chunked bodies that carry no ``Content-Length``."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client went away
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await _error(413, "body", f"request body over {self.limit} bytes")(
+                    scope, receive, send)
+            more = msg.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 # pydantic appends the union member's type to the location ("content.str"): drop those tags.
@@ -134,7 +175,10 @@ def create_app(settings: dict) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, e: Exception):
-        return _error(500, "server", f"{type(e).__name__}: {e}", "internal_error")
+        rid = uuid.uuid4().hex[:16]
+        _log.error("glore: request %s failed", rid, exc_info=e)
+        return _error(500, "server", f"internal error; the server log has the details under "
+                      f"request id {rid}", "internal_error", request_id=rid)
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
@@ -143,8 +187,8 @@ def create_app(settings: dict) -> FastAPI:
         if key and request.url.path not in ("/healthz", "/docs", "/openapi.json"):
             auth = request.headers.get("authorization", "")
             given = request.headers.get("x-api-key") or (auth[7:] if auth.startswith("Bearer ")
-                                                         else None)
-            if given != key:
+                                                         else "")
+            if not hmac.compare_digest(given.encode(), key.encode()):
                 return _error(401, "authorization", "missing or wrong API key "
                               "(send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
                               "unauthorized")
@@ -154,7 +198,17 @@ def create_app(settings: dict) -> FastAPI:
             return _error(413, "body", f"request body over {limit} bytes")
         return await call_next(request)
 
+    app.add_middleware(BodyLimit, limit=settings["max_body_bytes"])
     return app
+
+
+async def within(coro, timeout: float | None):
+    """``await coro``, or a 504 ``APIError`` once ``timeout`` seconds have passed."""
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError:
+        raise APIError(504, "server", f"no answer within {timeout} s (serve.request_timeout_s); "
+                       "try again, or ask for fewer tokens", "timeout") from None
 
 
 def check_question(question: str, max_chars: int, field: str = "question") -> str:
@@ -225,8 +279,9 @@ def build_ingress(settings: dict):
                                f"max_tokens: {max_tokens} requested, the limit is {limit}")
             if n is not None and n > self.s["max_best_of"]:
                 raise APIError(422, "n", f"n: {n} requested, the limit is {self.s['max_best_of']}")
-            (res,) = await solve([question], mode or self.s["default_mode"], self.models,
-                                 self.params, max_tokens=max_tokens, best_of=n)
+            (res,) = await within(solve([question], mode or self.s["default_mode"], self.models,
+                                        self.params, max_tokens=max_tokens, best_of=n),
+                                  self.s.get("request_timeout_s"))
             return res.to_dict()
 
         @app.post("/solve", response_model=SolveResponse)

@@ -59,9 +59,19 @@ def _options(s: ServeConfig, replicas: int, max_replicas: int) -> dict[str, Any]
 
 def ingress_settings(s: ServeConfig, sampling: Any = None) -> dict[str, Any]:
     """The ingress's settings: the serve section, the API key, and the sampling of best-of-n
-    (``sampling`` = the run's ``rollout`` section, so serving samples as evaluate does)."""
+    (``sampling`` = the run's ``rollout`` section, so serving samples as evaluate does).
+
+    A key that is configured (``serve.api_key_env`` names a variable) but unset here fails
+    closed: the service refuses to start rather than serve everyone."""
     settings = s.model_dump()
-    settings["api_key"] = os.environ.get(s.api_key_env) or None
+    settings["api_key"] = None
+    if s.api_key_env:
+        settings["api_key"] = os.environ.get(s.api_key_env, "").strip()
+        if not settings["api_key"]:
+            raise ValueError(
+                f"serve.api_key_env names ${s.api_key_env}, which is unset or empty here: export "
+                f"it (clients then send 'Authorization: Bearer KEY'), or set "
+                f"serve.api_key_env=null to serve without a key")
     settings["sample_temperature"] = sampling.temperature if sampling is not None else 1.0
     settings["sample_top_p"] = sampling.top_p if sampling is not None else 1.0
     return settings
@@ -135,6 +145,7 @@ def serve_foreground(cfg: RunConfig) -> int:
     import signal
 
     model_paths = model_paths_for(cfg)  # fail before starting anything
+    ingress_settings(cfg.serve, cfg.rollout)  # a configured API key must be set
     init_ray()
 
     def _stop(*_) -> None:  # SIGTERM (kill, systemd, k8s) stops as cleanly as Ctrl-C
