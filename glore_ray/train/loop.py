@@ -31,6 +31,10 @@ from glore_ray.train import reward, sft
 Kind = Literal["reward", "sft"]
 
 
+class NonFiniteLoss(ValueError):
+    """A fit stopped on a NaN/inf loss or gradient norm (the message names model, step, lr)."""
+
+
 @dataclass
 class LoopSpec:
     """Everything one fine-tune needs; JSON-serialisable (it travels to every worker)."""
@@ -145,6 +149,7 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> None: ...
     def lr(self) -> float: ...
+    def grad_norm(self) -> float | None: ...
     def save(self, folder: str | Path, client_state: dict) -> None: ...
     def load(self, folder: str | Path) -> dict: ...
 
@@ -172,6 +177,10 @@ class DeepSpeedEngine(Engine):
     def lr(self):
         return float(self.engine.get_lr()[0])
 
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()  # the pre-clip norm of the last step
+        return None if norm is None else float(norm)
+
     def save(self, folder, client_state):
         # every rank writes its own shard (ZeRO optimizer partitions; ZeRO-3 parameters too)
         self.engine.save_checkpoint(str(folder), tag=self.TAG, client_state=client_state)
@@ -195,6 +204,7 @@ class DDPEngine(Engine):
         self.module = model
         self.ddp = DistributedDataParallel(model)
         self.micro = 0
+        self.last_norm: float | None = None
 
     def forward_module(self):
         return self.ddp
@@ -206,13 +216,16 @@ class DDPEngine(Engine):
         self.micro += 1
         if self.micro % self.spec.grad_accum:
             return
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.last_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0))
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
 
     def lr(self):
         return float(self.opt.param_groups[0]["lr"])
+
+    def grad_norm(self) -> float | None:
+        return self.last_norm
 
     def save(self, folder, client_state):
         if dist.get_rank() == 0:  # replicas are identical: rank 0 alone writes
@@ -390,9 +403,17 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
             batch = task.collate([train_ex[i] for i in batches[b]])
             with autocast(spec):
                 loss, _ = task.loss(fwd, batch)
+            value = float(loss.detach())
+            # every rank learns of a non-finite loss on any rank, before it reaches the weights
+            if _all_reduce([0.0 if math.isfinite(value) else 1.0])[0]:
+                return _stop(spec, hooks, metrics, f"non-finite loss ({value})", step, engine)
             engine.backward(loss)
             engine.step()
-            acc["loss"] += float(loss.detach())
+            norm = engine.grad_norm() if (b + 1) % spec.grad_accum == 0 else 0.0
+            if norm is not None and not math.isfinite(norm):
+                return _stop(spec, hooks, metrics, f"non-finite gradient norm ({norm})", step,
+                             engine)
+            acc["loss"] += value
             acc["n"] += 1
             acc["tokens"] += int(batch["attention_mask"].sum())
             if (b + 1) % spec.grad_accum:
@@ -416,6 +437,20 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
     metrics = {**metrics, "train_seconds": time.time() - t_start,
                "train_tokens": tok_total, "n_train_rows": _all_reduce([len(train_ex)])[0]}
     return metrics
+
+
+def _stop(spec: LoopSpec, hooks: Hooks, metrics: dict, what: str, step: int,
+          engine: Engine) -> dict:
+    """End a fit that went non-finite: one line naming the model, step and learning rate, reported
+    (every rank) as ``nonfinite``; nothing more is saved, so the last checkpoint is the last good
+    one and the caller exports nothing."""
+    msg = (f"[{spec.name}] {what} at step {step + 1}, lr {engine.lr():.3g}: training stopped, "
+           f"nothing exported (lower train.<model>.lr, or check the data)")
+    if dist.get_rank() == 0:
+        hooks.log(msg)
+    out = {**metrics, "nonfinite": msg, "step": step}
+    hooks.report(out)
+    return out
 
 
 @torch.no_grad()
@@ -511,6 +546,10 @@ def export_hf(ckpt_dir: str | Path, spec: LoopSpec, out_dir: str | Path) -> Path
 
     out_dir = Path(out_dir)
     state = consolidated_state_dict(ckpt_dir, spec)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteLoss(f"[{spec.name}] the checkpoint in {ckpt_dir} holds non-finite "
+                            f"weights ({bad[0]}, ...): not exported")
     model = build_model(spec)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if isinstance(model, reward.RewardWithLM):  # the LM head was for training only
@@ -558,6 +597,9 @@ def _main(argv: list[str]) -> int:
 
     metrics = train(spec, rows[rank::world], ev[rank::world],
                     Hooks(report=lambda m: None, save=save, load=load))
+    if metrics.get("nonfinite"):
+        print(metrics["nonfinite"], file=sys.stderr)
+        return 1
     if rank == 0:
         export_hf(ckpt, spec, out / "model")
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

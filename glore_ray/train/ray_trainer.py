@@ -28,8 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from glore_ray.train.loop import (DeepSpeedEngine, Engine, Hooks, LoopSpec, export_hf,
-                                  progress_line)
+from glore_ray.train.loop import (DeepSpeedEngine, Engine, Hooks, LoopSpec, NonFiniteLoss,
+                                  export_hf, progress_line)
 
 FAIL_AT_ENV = "GLORE_TRAIN_FAIL_AT_STEP"
 FAIL_MARKER_ENV = "GLORE_TRAIN_FAIL_MARKER"
@@ -182,6 +182,10 @@ def fit(spec: LoopSpec, train_path: str | Path, eval_path: str | Path | None,
         f"up to {spec.max_steps or 'all'} steps")
     result = trainer.fit()
     fit_s = time.time() - t0
+    if (result.metrics or {}).get("nonfinite"):
+        kept = f"; the last good checkpoint is {result.checkpoint.path}" if result.checkpoint \
+            else ""
+        raise NonFiniteLoss(result.metrics["nonfinite"] + kept)
     if result.checkpoint is None:
         raise RuntimeError(f"[train {spec.name}] finished without a checkpoint")
     t1 = time.time()
