@@ -174,10 +174,17 @@ def run_stage(cfg: RunConfig, name: str, log=print, force: bool = False) -> dict
         if not is_done(cfg, paths, s.name):
             raise ValueError(f"stage {name!r} needs stage {s.name!r} first "
                                f"(run `glore {s.name}` or `glore run`)")
-    # A stage that was interrupted or made for another config starts from a clean folder.
-    if paths.stage(name).exists():
+    # A stage made for another config starts from a clean folder; one that was interrupted too,
+    # unless it keeps its finished parts itself (``RESUMES`` in its module: train keeps each
+    # finished model) and was started for this very config.
+    started = paths.stage(name) / "_STARTED.json"
+    h = stage_hash(cfg, name)
+    resumable = getattr(importlib.import_module(stage.target.split(":")[0]), "RESUMES", False)
+    if paths.stage(name).exists() and not (
+            resumable and started.exists() and json.loads(started.read_text())["hash"] == h):
         shutil.rmtree(paths.stage(name))
-    paths.stage(name).mkdir(parents=True)
+    paths.stage(name).mkdir(parents=True, exist_ok=True)
+    write_json(started, {"hash": h})
     log(f"[{name}] {stage.what} ...")
     t0 = time.time()
     summary = fn(cfg, paths, log) or {}

@@ -124,7 +124,8 @@ def test_rerun_skips_finished_stages(smoke_run):
 
 
 def test_killed_run_resumes_where_it_stopped(smoke_run, tmp_path):
-    """Kill `glore run` during the label stage, rerun: finished stages are skipped, the rest run."""
+    """Kill `glore run` in the train stage once its first model is saved, rerun: finished stages
+    are skipped, the finished model is kept, the rest run."""
     root, _, overrides = smoke_run
     out = tmp_path / "runs"
     # Reuse the finished smoke run's upstream outputs by copying them, then kill in `label`.
@@ -140,7 +141,7 @@ def test_killed_run_resumes_where_it_stopped(smoke_run, tmp_path):
     while time.time() < deadline:
         line = p.stdout.readline()
         seen += line
-        if "[train]" in line and "..." in line:  # label finished, train started: kill now
+        if "[train orm] saved" in line:  # the first model is done: kill the driver now
             os.killpg(p.pid, signal.SIGKILL)
             break
     p.wait(timeout=60)
@@ -150,3 +151,5 @@ def test_killed_run_resumes_where_it_stopped(smoke_run, tmp_path):
     for s in ("data", "policy", "sample", "rollout", "label"):
         assert f"[{s}] already done for this config: skipped" in log
     assert "[train] done" in log and "[evaluate]" not in log
+    assert "[train] model 1/4: orm already trained for this config" in log
+    assert "[train orm] saved" not in log and "[train local] saved" in log

@@ -20,6 +20,9 @@ from glore_ray.config import RunConfig
 from glore_ray.records import write_json
 
 MODELS = ("orm", "sorm", "global", "local")
+# A rerun after a killed driver keeps the models already finished for this config (the pipeline
+# keeps this stage's folder when it was started for the same config hash).
+RESUMES = True
 
 
 def run(cfg: RunConfig, paths, log=print) -> dict:
@@ -35,14 +38,20 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     summary: dict = {}
     t0 = time.time()
     for i, which in enumerate(MODELS):
-        log(f"[train] model {i + 1}/{len(MODELS)}: {which}")
         spec = spec_from_config(cfg, which, policy)
-        s = fit(spec, paths.training_set(which) / "train.parquet",
-                paths.training_set(which) / "eval.parquet",
-                storage=paths.stage("train") / "ray", out_dir=paths.model(which),
-                num_workers=t.num_workers, use_gpu=t.use_gpu, cpus_per_worker=t.cpus_per_worker,
-                resources_per_worker=t.resources_per_worker, max_failures=t.max_failures,
-                eval_fraction=t.eval_fraction, log=log)
+        s = _finished(paths.model(which), spec)
+        if s is not None:
+            log(f"[train] model {i + 1}/{len(MODELS)}: {which} already trained for this config "
+                f"({paths.model(which)}): kept")
+        else:
+            log(f"[train] model {i + 1}/{len(MODELS)}: {which}")
+            s = fit(spec, paths.training_set(which) / "train.parquet",
+                    paths.training_set(which) / "eval.parquet",
+                    storage=paths.stage("train") / "ray", out_dir=paths.model(which),
+                    num_workers=t.num_workers, use_gpu=t.use_gpu,
+                    cpus_per_worker=t.cpus_per_worker,
+                    resources_per_worker=t.resources_per_worker, max_failures=t.max_failures,
+                    eval_fraction=t.eval_fraction, log=log)
         summary[which] = {k: v for k, v in s["final"].items()
                           if k.startswith("eval_") or k in ("loss", "step", "tokens_per_s")}
         summary[which].update(path=str(paths.model(which)), fit_seconds=s["fit_seconds"],
@@ -50,6 +59,18 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     summary["seconds"] = round(time.time() - t0, 1)
     write_json(paths.stage("train") / "summary.json", summary)
     return summary
+
+
+def _finished(folder: Path, spec) -> dict | None:
+    """The summary of a model already exported to ``folder`` with this very spec, else None
+    (``glore_train.json`` is written before the folder is renamed into place)."""
+    from dataclasses import asdict
+
+    f = Path(folder) / "glore_train.json"
+    if not f.exists():
+        return None
+    s = json.loads(f.read_text())
+    return s if s.get("spec") == json.loads(json.dumps(asdict(spec), default=str)) else None
 
 
 # ------------------------------------------------------------------ stand-in training sets
