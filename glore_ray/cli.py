@@ -86,6 +86,38 @@ def run_log(path: Path, argv: list[str]):
             sys.stdout, sys.stderr = out, err
 
 
+def _contexts(cfg: RunConfig) -> str:
+    """What context (prompt + generated tokens) the generating engines and the reward models get,
+    as far as it can be known without downloading anything."""
+    from glore_ray.engines.context import model_context
+
+    r, s, t = cfg.rollout, cfg.serve, cfg.train
+    model = cfg.policy.model
+    own = None
+    if model is not None:
+        from glore_ray.hub import SMOLLM2, smollm2_folder
+
+        try:  # a hub id not in the local cache is read when the stage starts
+            own = model_context(smollm2_folder() if model == SMOLLM2 else model, local_only=True)
+        except Exception:
+            own = None
+    name = model or "the tiny policy (512 positions)"
+    if model is None:
+        own = 512
+
+    def rule(requested: int | None) -> str:
+        if requested is not None:
+            return f"{requested} tokens (set)"
+        if own is not None:
+            return f"{min(own, r.context_cap)} tokens (the model's {own}, cap {r.context_cap})"
+        return (f"the model's own max_position_embeddings, at most {r.context_cap} "
+                "(rollout.context_cap; read from its config.json when the stage starts)")
+
+    return (f"context of {name}: sampling and rollouts {rule(r.max_model_len)}; serve "
+            f"{rule(s.max_model_len or r.max_model_len)}; training rows "
+            f"{t.max_len or 'up to the longest row of each set, at most the model context'}")
+
+
 def dispatch(command: str, cfg: RunConfig, force: bool = False, until: str | None = None) -> int:
     from glore_ray import pipeline
 
@@ -93,6 +125,7 @@ def dispatch(command: str, cfg: RunConfig, force: bool = False, until: str | Non
         import yaml
 
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        print(_contexts(cfg))
         print(f"config OK: run folder {cfg.run_dir}")
         return 0
     if command == "run":

@@ -182,6 +182,11 @@ class RolloutConfig(_Strict):
     prefix_caching: bool = knob(True)
     block_size: int = knob(32, ge=1)
     kv_cache_gib: float = knob(2.0, gt=0)  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
+    # Context of the generating engines (prompt + generated tokens); None: the model's own
+    # (max_position_embeddings), at most context_cap (the KV cache grows with it). A prompt that
+    # cannot fit with max_tokens is skipped and counted, never cut (engines/context.py).
+    max_model_len: int | None = Field(None, ge=16)
+    context_cap: int = Field(4096, ge=16)
     enforce_eager: bool = knob(True)
     batch_size: int = knob(16, ge=1)  # rows per map_batches call
     min_actors: int = knob(1, ge=1)
@@ -246,7 +251,10 @@ class TrainConfig(_Strict):
     resources_per_worker: dict[str, float] = knob({})  # extra Ray resources/worker (CPU, GPU above)
     warmup_ratio: float = Field(0.1, ge=0, le=1)  # linear warm-up share, then cosine to 10%
     weight_decay: float = Field(0.0, ge=0)
-    max_len: int = Field(512, ge=8)  # tokens; longer rows lose the start of the prompt
+    # tokens a training row may have; None: the longest row of the sets (measured at the start of
+    # the train stage), at most the policy's context, so the reward models train on the text they
+    # score in use. A row longer than a set max_len loses the start of its prompt (reported).
+    max_len: int | None = Field(None, ge=8)
     log_every: int = knob(0, ge=0)  # progress/metrics report every N steps (0 = ~10 per model)
     orm: ModelTrainConfig = ModelTrainConfig()
     sorm: ModelTrainConfig = ModelTrainConfig()
@@ -261,6 +269,10 @@ class TrainConfig(_Strict):
         if self.global_refiner.lm_weight or self.local_refiner.lm_weight:
             raise ValueError("lm_weight is for the reward models (train.orm / train.sorm): the "
                              "refiners' loss is the next-token loss already")
+        if isinstance(self.deepspeed, dict) and self.deepspeed:  # a file is checked when read
+            from glore_ray.train.ray_trainer import check_deepspeed_block
+
+            check_deepspeed_block(self.deepspeed)
         return self
 
 
@@ -281,6 +293,8 @@ class ServeConfig(_Strict):
     # refuses to start (fails closed); null = no key (an open service, e.g. on localhost)
     api_key_env: str | None = knob(None)
     request_timeout_s: float = knob(300.0, gt=0)  # a request still unanswered gets a 504
+    # the generators' context; None: rollout.max_model_len's rule (the model's own, capped)
+    max_model_len: int | None = knob(None, ge=16)
     engine: Literal["auto", "vllm", "hf"] = "auto"  # generator engine (auto = vLLM if importable)
     replica_cpus: float = knob(0.5, gt=0)  # Ray CPUs (and torch threads) per model replica
     replica_gpus: float = knob(0.0, ge=0)  # GPUs per model replica (GPU clusters: e.g. 1)

@@ -41,7 +41,8 @@ class Stage:
 
 
 # The sampling fields every generating stage reads (engine and sampler; the pool is all knobs).
-_SAMPLING = ("rollout.engine", "rollout.dtype", "rollout.temperature", "rollout.top_p")
+_SAMPLING = ("rollout.engine", "rollout.dtype", "rollout.temperature", "rollout.top_p",
+             "rollout.max_model_len", "rollout.context_cap")  # what fits the context
 
 STAGES: list[Stage] = [
     Stage("data", "glore_ray.data.questions:run", ("data",), "load or generate the questions"),

@@ -277,11 +277,15 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
     tok = AutoTokenizer.from_pretrained(base)
     rows = [{"qid": q.qid, "prompt": policy_prompt(q.question), "target": q.gold_solution}
             for q in pool + held if q.gold_solution.strip()]
-    # a solution longer than train.max_len cannot be learned whole: leave it out, say how many
-    fits = [len(tok(r["prompt"] + r["target"])["input_ids"]) < t.max_len for r in rows]
+    # a solution longer than train.max_len (default: the model's context) cannot be learned
+    # whole: leave it out, say how many
+    from glore_ray.engines.context import model_context
+
+    max_len = t.max_len or model_context(base) or 2048
+    fits = [len(tok(r["prompt"] + r["target"])["input_ids"]) < max_len for r in rows]
     if not all(fits):
         log(f"[policy] {fits.count(False)} of {len(rows)} gold solutions are longer than "
-            f"train.max_len={t.max_len} tokens: left out of the SFT")
+            f"{max_len} tokens (train.max_len or the model's context): left out of the SFT")
     rows = [r for r, ok in zip(rows, fits) if ok]
     folder = paths.stage("policy") / "sft"  # eval.parquet: the held-out questions' gold
     counts = write_set(folder, rows, SCHEMAS["global"], {q.qid for q in held}, hf=False)
@@ -294,7 +298,7 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
         zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, bf16=t.bf16,
         deepspeed=load_deepspeed_block(t.deepspeed), lora_rank=s.lora_rank,
         chat_template=cfg.policy.chat_template, checkpoint_every=t.checkpoint_every,
-        log_every=t.log_every, max_len=t.max_len, seed=cfg.seed)
+        log_every=t.log_every, max_len=max_len, seed=cfg.seed)
     log(f"[policy] fine-tuning {cfg.policy.model} on {counts['train']} gold solutions, "
         f"{s.steps} steps")
     fitted = fit(spec, folder / "train.parquet", folder / "eval.parquet",
@@ -304,7 +308,7 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
                  max_failures=t.max_failures, eval_fraction=t.eval_fraction, log=log)
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=s.max_new_tokens, seed=cfg.seed)
     texts = [c[0] for c in generate_texts(cfg, str(paths.policy),
-                                          [policy_prompt(q.question) for q in held], greedy)]
+                                          [policy_prompt(q.question) for q in held], greedy, log)]
     metrics = {"model": cfg.policy.model, "base": base, "sft_rows": counts["train"],
                "sft_steps": s.steps, "fit_seconds": fitted["fit_seconds"],
                "final_loss": fitted["final"].get("loss"), "n_held_out": len(held),

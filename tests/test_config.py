@@ -121,3 +121,21 @@ def test_stage_commands_keep_a_log_in_the_run_folder(tmp_path, capsys, monkeypat
     assert text.count("=== ") == 2  # appended, one header per command
     assert "Traceback" in text and "needs stage 'policy' first" in text
     assert sys.stdout is not None and not hasattr(sys.stdout, "file")  # streams restored
+
+
+def test_misspelt_deepspeed_keys_are_config_errors(tmp_path):
+    """DeepSpeed itself ignores an unknown key silently; the config names it."""
+    with pytest.raises(ConfigError, match=r"'gradient_clippin' \(did you mean 'gradient_clipping'"):
+        load_config(REPO / "configs/smoke.yaml", ["train.deepspeed.gradient_clippin=1.0"])
+    with pytest.raises(ConfigError, match="zero_optimization key.*overlap_com"):
+        load_config(REPO / "configs/smoke.yaml",
+                    ["train.deepspeed.zero_optimization.overlap_com=true"])
+    ok = load_config(REPO / "configs/smoke.yaml",
+                     ["train.deepspeed.zero_optimization.overlap_comm=true"])
+    assert ok.train.deepspeed == {"zero_optimization": {"overlap_comm": True}}
+    f = tmp_path / "ds.json"
+    f.write_text('{"bf16": {"enabled": true}, "zero_optimisation": {"stage": 3}}')
+    from glore_ray.train.ray_trainer import load_deepspeed_block
+
+    with pytest.raises(ValueError, match="'zero_optimisation'"):
+        load_deepspeed_block(str(f))

@@ -34,11 +34,18 @@ def resolve_engine_name(choice: str) -> str:
     return choice
 
 
-def make_engine(rollout_cfg, model_path: str, seed: int = 0, chat: bool = False) -> Engine:
+def make_engine(rollout_cfg, model_path: str, seed: int = 0, chat: bool = False,
+                max_model_len: int | None = None) -> Engine:
     """The engine named by ``rollout_cfg.engine`` (``auto`` = vLLM when importable) for the model
     folder ``model_path``; built once per actor and reused for a whole stage. ``chat``: prompts
-    go through the model's chat template (``policy.chat_template``)."""
+    go through the model's chat template (``policy.chat_template``). Its context is
+    ``max_model_len`` (Serve's), else ``rollout.max_model_len``, else the model's own capped at
+    ``rollout.context_cap`` (``engines.context``)."""
+    from glore_ray.engines.context import resolve_max_model_len
+
     name = resolve_engine_name(rollout_cfg.engine)
+    length = resolve_max_model_len(model_path, max_model_len or rollout_cfg.max_model_len,
+                                   rollout_cfg.context_cap)
     if name == "vllm":
         from glore_ray.engines.vllm import VLLMEngine
 
@@ -46,11 +53,11 @@ def make_engine(rollout_cfg, model_path: str, seed: int = 0, chat: bool = False)
                             prefix_caching=rollout_cfg.prefix_caching,
                             block_size=rollout_cfg.block_size,
                             enforce_eager=rollout_cfg.enforce_eager,
-                            kv_cache_gib=rollout_cfg.kv_cache_gib, seed=seed)
+                            kv_cache_gib=rollout_cfg.kv_cache_gib, seed=seed, max_model_len=length)
     else:
         from glore_ray.engines.hf import HFEngine
 
-        engine = HFEngine(model_path, dtype=rollout_cfg.dtype)
+        engine = HFEngine(model_path, dtype=rollout_cfg.dtype, max_model_len=length)
     if not chat:
         return engine
     from transformers import AutoTokenizer

@@ -32,6 +32,11 @@ def truncate_at_answer(text: str) -> str:
 
 class Engine(Protocol):
     name: str
+    max_model_len: int  # prompt + generated tokens; callers check with engines.context.fitting
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        """Prompt tokens as the engine will see them."""
+        ...
 
     def generate(self, prompts: list[str], spec: SamplingSpec) -> list[list[Completion]]:
         """``len(prompts)`` lists of ``spec.n`` completions (continuations only, truncated at the
@@ -51,6 +56,11 @@ class ChatPrompts:
         from glore_ray.prompts import chat
 
         return self.engine.generate([chat(p, self.tokenizer) for p in prompts], spec, seeds)
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        from glore_ray.prompts import chat
+
+        return self.engine.count_tokens([chat(p, self.tokenizer) for p in prompts])
 
     def __getattr__(self, name):  # start_seconds, model, llm, ...
         return getattr(self.engine, name)

@@ -19,7 +19,7 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model_path: str, dtype: str = "float32", batch_size: int = 64,
-                 device: str | None = None):
+                 device: str | None = None, max_model_len: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         t0 = time.perf_counter()
@@ -31,6 +31,7 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.batch_size = batch_size
+        self.max_model_len = max_model_len or self.model.config.max_position_embeddings
         self.start_seconds = time.perf_counter() - t0
 
     @classmethod
@@ -38,9 +39,13 @@ class HFEngine:
         """Wrap an in-memory model (used while training the policy)."""
         self = cls.__new__(cls)
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.max_model_len = model.config.max_position_embeddings
         self.device = next(model.parameters()).device
         tokenizer.padding_side = "left"
         return self
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]] if prompts else []
 
     @torch.no_grad()
     def generate(self, prompts: list[str], spec: SamplingSpec,

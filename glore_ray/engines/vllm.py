@@ -35,7 +35,13 @@ class VLLMEngine:
         if _on_gpu():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
+        self.max_model_len = max_model_len
         self.start_seconds = time.perf_counter() - t0
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        """Prompt tokens as the engine will see them (its own tokenizer, special tokens too)."""
+        tok = self.llm.get_tokenizer()
+        return [len(ids) for ids in tok(prompts)["input_ids"]] if prompts else []
 
     def generate(self, prompts: list[str], spec: SamplingSpec,
                  seeds: list[int] | None = None) -> list[list[Completion]]:

@@ -29,6 +29,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glore_ray.engines.base import SamplingSpec
+from glore_ray.engines.context import PromptTooLong
 from glore_ray.method.decide import MODES, Mode
 from glore_ray.method.solve import GraphParams, Models, solve
 
@@ -252,8 +253,14 @@ def build_ingress(settings: dict):
 
             async def call(prompts: list[str], spec: SamplingSpec) -> list[list[str]]:
                 # one request per prompt: the deployment's @serve.batch groups them again
-                return list(await asyncio.gather(*(handle.generate.remote(p, spec, adapter)
-                                                   for p in prompts)))
+                out = await asyncio.gather(*(handle.generate.remote(p, spec, adapter)
+                                             for p in prompts), return_exceptions=True)
+                for i, r in enumerate(out):
+                    if isinstance(r, PromptTooLong) and name != "policy":
+                        out[i] = [""] * spec.n  # a refinement that cannot fit: no candidate
+                    elif isinstance(r, BaseException):
+                        raise r
+                return list(out)
             return call
 
         def _score(self, name: str):
@@ -279,9 +286,13 @@ def build_ingress(settings: dict):
                                f"max_tokens: {max_tokens} requested, the limit is {limit}")
             if n is not None and n > self.s["max_best_of"]:
                 raise APIError(422, "n", f"n: {n} requested, the limit is {self.s['max_best_of']}")
-            (res,) = await within(solve([question], mode or self.s["default_mode"], self.models,
-                                        self.params, max_tokens=max_tokens, best_of=n),
-                                  self.s.get("request_timeout_s"))
+            try:
+                (res,) = await within(solve([question], mode or self.s["default_mode"],
+                                            self.models, self.params, max_tokens=max_tokens,
+                                            best_of=n), self.s.get("request_timeout_s"))
+            except PromptTooLong as e:  # the question itself does not fit the policy's context
+                raise APIError(413, field_prefix + "question",
+                               f"question: {getattr(e, 'cause', e)}") from None
             return res.to_dict()
 
         @app.post("/solve", response_model=SolveResponse)

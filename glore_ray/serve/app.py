@@ -91,7 +91,7 @@ def build_app(cfg: RunConfig, model_paths: dict[str, str], scorer_cls: Any = Non
     def gen(name: str, path: str, adapters: dict[str, str] | None = None):
         return Generator.options(name=name, **gen_opts).bind(
             path, rollout, engine=s.engine, adapters=adapters, num_cpus=s.replica_cpus,
-            chat=cfg.policy.chat_template)
+            chat=cfg.policy.chat_template, max_model_len=s.max_model_len)
 
     if is_lora_folder(model_paths["global"]) and is_lora_folder(model_paths["local"]):
         # Refiners trained as LoRA adapters of the policy: one engine serves all three.

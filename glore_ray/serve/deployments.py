@@ -47,9 +47,11 @@ class _VLLMMultiLoRA:
 
     name = "vllm-lora"
 
-    def __init__(self, base: str, adapters: dict[str, str], rollout_cfg) -> None:
+    def __init__(self, base: str, adapters: dict[str, str], rollout_cfg,
+                 max_model_len: int | None = None) -> None:
         import json
 
+        from glore_ray.engines.context import resolve_max_model_len
         from glore_ray.engines.vllm import set_engine_env
 
         set_engine_env(rollout_cfg.kv_cache_gib)
@@ -58,11 +60,17 @@ class _VLLMMultiLoRA:
 
         rank = max(json.loads((Path(p) / "adapter_config.json").read_text())["r"]
                    for p in adapters.values())
+        self.max_model_len = resolve_max_model_len(
+            base, max_model_len or rollout_cfg.max_model_len, rollout_cfg.context_cap)
         self.llm = LLM(model=str(base), dtype=rollout_cfg.dtype, enable_lora=True,
                        max_loras=len(adapters), max_lora_rank=max(8, rank),
-                       enforce_eager=rollout_cfg.enforce_eager, max_model_len=512)
+                       enforce_eager=rollout_cfg.enforce_eager, max_model_len=self.max_model_len)
         self.loras = {name: LoRARequest(name, i + 1, str(p))
                       for i, (name, p) in enumerate(adapters.items())}
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        tok = self.llm.get_tokenizer()
+        return [len(ids) for ids in tok(prompts)["input_ids"]] if prompts else []
 
     def generate(self, prompts: list[str], spec: SamplingSpec,
                  adapter: str | None = None) -> list[list[Completion]]:
@@ -95,7 +103,7 @@ def _hf_merged(base: str, adapter_path: str):
 class Generator:
     def __init__(self, model_path: str, rollout_cfg: dict, engine: str = "auto",
                  adapters: dict[str, str] | None = None, num_cpus: float = 1.0,
-                 chat: bool = False) -> None:
+                 chat: bool = False, max_model_len: int | None = None) -> None:
         from glore_ray.config import RolloutConfig
         from glore_ray.engines import make_engine, resolve_engine_name
 
@@ -104,10 +112,10 @@ class Generator:
         self.kind = resolve_engine_name(rc.engine)
         self.engines: dict[str | None, Any] = {}
         if adapters and self.kind == "vllm":
-            self.engines[None] = _VLLMMultiLoRA(model_path, adapters, rc)
+            self.engines[None] = _VLLMMultiLoRA(model_path, adapters, rc, max_model_len)
             self.multi_lora = True
         else:
-            self.engines[None] = make_engine(rc, model_path)
+            self.engines[None] = make_engine(rc, model_path, max_model_len=max_model_len)
             for name, path in (adapters or {}).items():
                 self.engines[name] = _hf_merged(model_path, path)
             self.multi_lora = False
@@ -127,8 +135,14 @@ class Generator:
 
     async def generate(self, prompt: str, spec: SamplingSpec, adapter: str | None = None
                        ) -> list[str]:
-        """``spec.n`` completion texts for one prompt (batched with concurrent callers)."""
-        return await self._batched(GenRequest(prompt, spec, adapter))
+        """``spec.n`` completion texts for one prompt (batched with concurrent callers);
+        ``PromptTooLong`` when the prompt and ``spec.max_tokens`` do not fit the context."""
+        out = await self._batched(GenRequest(prompt, spec, adapter))
+        if isinstance(out, str):
+            from glore_ray.engines.context import PromptTooLong
+
+            raise PromptTooLong(out)
+        return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _batched(self, reqs: list[GenRequest]) -> list[list[str]]:
@@ -137,15 +151,26 @@ class Generator:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
             groups.setdefault((r.spec, r.adapter), []).append(i)
-        out: list[list[str]] = [[] for _ in reqs]
+        out: list[list[str] | str] = [[] for _ in reqs]
+        from glore_ray.engines.context import fitting
+
         for (spec, adapter), idx in groups.items():
             prompts = [reqs[i].prompt for i in idx]
             if self.chat_tokenizer is not None:
                 prompts = [chat_prompt(p, self.chat_tokenizer) for p in prompts]
+            engine = self.engines.get(adapter, self.engines[None])
+            ok = fitting(engine, prompts, spec.max_tokens)
+            for i, f, n in zip(idx, ok, engine.count_tokens(prompts)):
+                if not f:  # a message, not a cut completion: generate() raises it for this caller
+                    out[i] = (f"the prompt is {n} tokens; with max_tokens {spec.max_tokens} it "
+                              f"does not fit the model's context of {engine.max_model_len}")
+            idx = [i for i, f in zip(idx, ok) if f]
+            prompts = [p for p, f in zip(prompts, ok) if f]
+            if not idx:
+                continue
             if self.multi_lora:
                 res = await asyncio.to_thread(self.engines[None].generate, prompts, spec, adapter)
             else:
-                engine = self.engines.get(adapter, self.engines[None])
                 res = await asyncio.to_thread(engine.generate, prompts, spec)
             for i, comps in zip(idx, res):
                 out[i] = [c.text for c in comps]

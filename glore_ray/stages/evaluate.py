@@ -68,7 +68,7 @@ def _generator(cfg: RunConfig, model_path: str, log):
 
     async def call(prompts: list[str], spec: SamplingSpec) -> list[list[str]]:
         t0 = time.time()
-        out = generate_texts(cfg, model_path, prompts, spec)
+        out = generate_texts(cfg, model_path, prompts, spec, log)
         log(f"[evaluate] generated {len(prompts)}×{spec.n} with {Path(model_path).name} "
             f"in {time.time() - t0:.0f}s")
         return out

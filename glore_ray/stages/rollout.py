@@ -104,15 +104,27 @@ class _EngineActor:
                 marker.write_text(f"pid {os.getpid()} exited at batch {self.n_batches}\n")
                 os._exit(1)
 
-    def _generate(self, prompts: list[str], n: int, seeds: list[int]):
+    def _generate(self, prompts: list[str], n: int, seeds: list[int], keys: list[str]):
+        """``n`` completions per prompt; ``None`` for a prompt that cannot fit the context with
+        ``max_tokens`` (engines.context): it is skipped, never cut, and its key (a qid, or
+        qid/sample/step) reported to ``stats``."""
         from glore_ray.engines import spec_from_config
+        from glore_ray.engines.context import fitting
 
+        spec = spec_from_config(self.cfg, n)
+        keep = [i for i, ok in enumerate(fitting(self.engine, prompts, spec.max_tokens)) if ok]
         t0 = time.perf_counter()
-        outs = self.engine.generate(prompts, spec_from_config(self.cfg, n), seeds=seeds)
+        outs = self.engine.generate([prompts[i] for i in keep], spec,
+                                    seeds=[seeds[i] for i in keep]) if keep else []
+        full: list = [None] * len(prompts)
+        for i, o in zip(keep, outs):
+            full[i] = o
         if self.stats is not None:
             self.stats.add.remote(gen_s=time.perf_counter() - t0, batches=1, prompts=len(prompts),
-                                  tokens=sum(c.n_tokens for o in outs for c in o))
-        return outs
+                                  tokens=sum(c.n_tokens for o in outs for c in o),
+                                  skipped=[k for k, o in zip(keys, full) if o is None],
+                                  max_model_len=self.engine.max_model_len)
+        return full
 
 
 class SampleActor(_EngineActor):
@@ -122,9 +134,10 @@ class SampleActor(_EngineActor):
         self._maybe_die()
         qs = batch.to_pylist()
         outs = self._generate([policy_prompt(q["question"]) for q in qs], self.cfg.k_samples,
-                              [request_seed(self.seed, "sample", q["qid"]) for q in qs])
+                              [request_seed(self.seed, "sample", q["qid"]) for q in qs],
+                              [q["qid"] for q in qs])
         rows = [grade_sample(q, i, c.text, c.n_tokens)
-                for q, comps in zip(qs, outs) for i, c in enumerate(comps)]
+                for q, comps in zip(qs, outs) if comps is not None for i, c in enumerate(comps)]
         return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
 
 
@@ -150,10 +163,13 @@ class RolloutActor(_EngineActor):
             return []
         prompts = [rollout_prompt(self.questions[s["qid"]][0], s["steps"], i) for s, i in jobs]
         seeds = [request_seed(self.seed, "rollout", s["qid"], s["sample_id"], i) for s, i in jobs]
-        outs = self._generate(prompts, self.cfg.k_rollouts, seeds)
+        keys = [f"{s['qid']}/{s['sample_id']}/{i}" for s, i in jobs]
+        # a skipped prefix has no rollouts: the label stage infers its step like any unprobed one
+        outs = self._generate(prompts, self.cfg.k_rollouts, seeds, keys)
         return [grade_rollout(self.questions[s["qid"]][1], s["steps"], i, s["qid"],
                               s["sample_id"], k, c.text, c.n_tokens)
-                for (s, i), comps in zip(jobs, outs) for k, c in enumerate(comps)]
+                for (s, i), comps in zip(jobs, outs) if comps is not None
+                for k, c in enumerate(comps)]
 
     def _budgeted(self, samples: list[dict]) -> list[dict]:
         from glore_ray.method import budgeted  # written alongside; imported only when asked for
@@ -161,11 +177,18 @@ class RolloutActor(_EngineActor):
         calls: dict[str, int] = {}  # prompt -> times asked in this batch, so chunks differ
 
         def generate(prompts: list[str], n: int) -> list[list[str]]:
+            from glore_ray.engines.context import PromptTooLong, too_long_message
+
             seeds = []
             for p in prompts:
                 calls[p] = calls.get(p, 0) + 1
                 seeds.append(request_seed(self.seed, "budgeted", p, calls[p]))
-            return [[c.text for c in comps] for comps in self._generate(prompts, n, seeds)]
+            outs = self._generate(prompts, n, seeds, [f"budgeted:{len(p)}" for p in prompts])
+            if any(o is None for o in outs):  # the search needs every answer: say so instead
+                raise PromptTooLong(too_long_message(
+                    sum(o is None for o in outs), len(outs), self.cfg.max_tokens,
+                    self.engine.max_model_len, "budgeted rollout prompts"))
+            return [[c.text for c in comps] for comps in outs]
 
         items = [{"qid": s["qid"], "sample_id": s["sample_id"],
                   "question": self.questions[s["qid"]][0], "answer": self.questions[s["qid"]][1],
@@ -187,11 +210,17 @@ class TextActor(_EngineActor):
         self.spec = SamplingSpec(**spec)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from glore_ray.engines.context import fitting
+
         rows = batch.to_pylist()
-        outs = self.engine.generate([r["prompt"] for r in rows], self.spec,
-                                    seeds=[r["seed"] for r in rows])
+        ok = fitting(self.engine, [r["prompt"] for r in rows], self.spec.max_tokens)
+        keep = [r for r, f in zip(rows, ok) if f]
+        outs = iter(self.engine.generate([r["prompt"] for r in keep], self.spec,
+                                         seeds=[r["seed"] for r in keep]) if keep else [])
+        # a prompt over the context gets no completion (an empty list), never a cut one
         return pa.table({"i": [r["i"] for r in rows],
-                         "texts": [[c.text for c in o] for o in outs]})
+                         "texts": [[c.text for c in next(outs)] if f else [] for f in ok]},
+                        schema=pa.schema([("i", pa.int64()), ("texts", pa.list_(pa.string()))]))
 
 
 def _stats_actor():
@@ -202,11 +231,12 @@ def _stats_actor():
     class StageStats:
         def __init__(self):
             self.d: dict[str, Any] = {"engine_start_s": [], "gen_s": 0.0, "batches": 0,
-                                      "prompts": 0, "tokens": 0, "engine": None}
+                                      "prompts": 0, "tokens": 0, "engine": None, "skipped": [],
+                                      "max_model_len": None}
 
         def add(self, **kw) -> None:
             for k, v in kw.items():
-                self.d[k] = v if k == "engine" else self.d[k] + v
+                self.d[k] = v if k in ("engine", "max_model_len") else self.d[k] + v
 
         def get(self) -> dict:
             return self.d
@@ -238,10 +268,14 @@ def _map_generate(ds, actor_cls: type, cfg: RunConfig, model_path: str, stats, *
                                **kwargs})
 
 
-def _write(ds, final: Path, expected: int | None, what: str, schema: pa.Schema) -> int:
-    """Stream ``ds`` to Parquet parts in a temp folder; commit it only when the count is right."""
+def _write(ds, final: Path, expected, what: str, schema: pa.Schema) -> int:
+    """Stream ``ds`` to Parquet parts in a temp folder; commit it only when the count is right
+    (``expected``: a number, None, or a function called after the write: what was skipped is
+    only known then)."""
     tmp = atomic_dir(final)
     ds.write_parquet(str(tmp))
+    if callable(expected):
+        expected = expected()
     parts = list(tmp.glob("*.parquet"))
     if not parts:  # nothing generated (e.g. budgeted, all samples correct): still a readable table
         pq.write_table(schema.empty_table(), tmp / "empty.parquet")
@@ -257,12 +291,34 @@ def _blocks(n_rows: int, batch_size: int) -> int:
     return max(1, min(1000, math.ceil(n_rows / batch_size)))
 
 
+def _skipped(stats) -> list[str]:
+    import ray
+
+    return ray.get(stats.get.remote())["skipped"]
+
+
+def _report_skipped(summary: dict, n_total: int, r, what: str, log) -> None:
+    """Say what did not fit the context (the stage summary keeps the count and the first keys);
+    when nothing fit, stop with what to change."""
+    from glore_ray.engines.context import PromptTooLong, too_long_message
+
+    n = summary["skipped_over_context"]
+    if not n:
+        return
+    msg = too_long_message(n, n_total, r.max_tokens, summary["max_model_len"], what)
+    if n >= n_total:
+        raise PromptTooLong(msg)
+    log(f"[warning] {msg}; skipped, e.g. {summary['skipped_examples']}")
+
+
 def _summarise(stats, seconds: float) -> dict:
     import ray
 
     s = ray.get(stats.get.remote())
     ray.kill(stats)
     return {"engine": s["engine"], "engine_start_s": s["engine_start_s"],
+            "max_model_len": s["max_model_len"],
+            "skipped_over_context": len(s["skipped"]), "skipped_examples": sorted(s["skipped"])[:5],
             "generated_tokens": s["tokens"], "generate_seconds": round(s["gen_s"], 2),
             "stage_seconds": round(seconds, 2),
             "tokens_per_s": round(s["tokens"] / seconds, 1) if seconds else 0.0,
@@ -289,8 +345,10 @@ def run_sample(cfg: RunConfig, paths, log=print) -> dict:
              for q in questions]
     ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items), r.batch_size))
     ds = _map_generate(ds, SampleActor, cfg, policy_path(cfg, paths), stats)
-    n = _write(ds, paths.samples, len(questions) * r.k_samples, "sample", SAMPLE_SCHEMA)
+    n = _write(ds, paths.samples, lambda: (len(questions) - len(_skipped(stats))) * r.k_samples,
+               "sample", SAMPLE_SCHEMA)
     summary = _summarise(stats, time.time() - t0)
+    _report_skipped(summary, len(questions), r, "questions", log)
     t = pq.read_table(str(paths.samples), columns=["qid", "correct", "final_answer"])
     correct = t.column("correct").to_pylist()
     # the share that commits to a final answer at all: a fresh pretrained policy's first hurdle
@@ -336,8 +394,10 @@ def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
         ["qid", "sample_id", "steps", "correct"])
     ds = ds.repartition(_blocks(n_samples, r.batch_size))
     ds = _map_generate(ds, RolloutActor, cfg, policy_path(cfg, paths), stats, questions=questions)
-    n = _write(ds, paths.rollouts, expected, "rollout", ROLLOUT_SCHEMA)
+    n = _write(ds, paths.rollouts, None if expected is None else
+               (lambda: expected - len(_skipped(stats)) * r.k_rollouts), "rollout", ROLLOUT_SCHEMA)
     summary = _summarise(stats, time.time() - t0)
+    _report_skipped(summary, n_prefixes, r, "step prefixes", log)
     correct = pq.read_table(str(paths.rollouts), columns=["correct"]).column("correct").to_pylist()
     summary.update(n_samples=n_samples, n_prefixes=n_prefixes, n_rollouts=n,
                    exhaustive_rollouts=n_prefixes * r.k_rollouts,
@@ -348,9 +408,12 @@ def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
     return summary
 
 
-def generate_texts(cfg: RunConfig, model_path: str, prompts: list[str], spec) -> list[list[str]]:
+def generate_texts(cfg: RunConfig, model_path: str, prompts: list[str], spec,
+                   log=print) -> list[list[str]]:
     """``spec.n`` completions per prompt, in prompt order, from the configured engine on the same
-    kind of actor pool as the stages (one engine per actor, started once)."""
+    kind of actor pool as the stages (one engine per actor, started once). A prompt that cannot
+    fit the context gets ``n`` empty completions (no answer: graded wrong), and the count is
+    logged; when none fits, ``PromptTooLong``."""
     import dataclasses
 
     import ray
@@ -367,4 +430,13 @@ def generate_texts(cfg: RunConfig, model_path: str, prompts: list[str], spec) ->
     out = sorted(ds.take_all(), key=lambda r: r["i"])
     if len(out) != len(prompts):
         raise RuntimeError(f"generate_texts: {len(out)} results for {len(prompts)} prompts")
-    return [list(r["texts"]) for r in out]
+    skipped = sum(not r["texts"] for r in out) if spec.n else 0
+    if skipped:
+        from glore_ray.engines.context import PromptTooLong
+
+        msg = (f"{skipped} of {len(prompts)} prompts do not fit the context with max_tokens "
+               f"{spec.max_tokens} (rollout.max_model_len / context_cap)")
+        if skipped == len(prompts):
+            raise PromptTooLong(msg)
+        log(f"[warning] {msg}: they get empty completions")
+    return [list(r["texts"]) or [""] * spec.n for r in out]

@@ -11,6 +11,7 @@ row format.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -35,10 +36,13 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
         raise FileNotFoundError(f"train: training sets missing for {missing} under "
                                 f"{paths.training_set('orm').parent} (run the label stage first)")
     t = cfg.train
-    summary: dict = {}
+    summary: dict = {"max_len": {}}
     t0 = time.time()
     for i, which in enumerate(MODELS):
         spec = spec_from_config(cfg, which, policy)
+        spec = dataclasses.replace(spec, max_len=_max_len(spec, paths.training_set(which),
+                                                          t.max_len, log))
+        summary["max_len"][which] = spec.max_len
         s = _finished(paths.model(which), spec)
         if s is not None:
             log(f"[train] model {i + 1}/{len(MODELS)}: {which} already trained for this config "
@@ -59,6 +63,30 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     summary["seconds"] = round(time.time() - t0, 1)
     write_json(paths.stage("train") / "summary.json", summary)
     return summary
+
+
+def _max_len(spec, folder: Path, configured: int | None, log) -> int:
+    """``train.max_len``, or the longest row of this set (train + eval, encoded as the loop
+    encodes it) capped at the policy's context; rows longer than the result are reported."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from glore_ray.engines.context import model_context
+    from glore_ray.train import reward, sft
+
+    rows = [r for split in ("train", "eval") if (folder / f"{split}.parquet").exists()
+            for r in pd.read_parquet(folder / f"{split}.parquet").to_dict("records")]
+    tok = AutoTokenizer.from_pretrained(spec.policy)
+    mod = reward if spec.kind == "reward" else sft
+    lengths = [len(e["ids"]) for e in mod.encode_rows(tok, rows, 10**9, spec.chat_template)]
+    context = model_context(spec.policy) or max(lengths, default=8)
+    max_len = configured or min(max(lengths, default=8), context)
+    cut = sum(n > max_len for n in lengths)
+    if cut:
+        log(f"[train] {spec.name}: {cut} of {len(lengths)} rows are longer than "
+            f"{max_len} tokens ({'train.max_len' if configured else 'the policy context'}; the "
+            f"longest is {max(lengths)}): they lose the start of their prompt")
+    return max_len
 
 
 def _finished(folder: Path, spec) -> dict | None:

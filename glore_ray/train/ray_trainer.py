@@ -251,13 +251,15 @@ def spec_from_config(cfg, which: str, policy: str) -> LoopSpec:
         engine=t.engine, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
         bf16=t.bf16, deepspeed=load_deepspeed_block(t.deepspeed),
         lora_rank=t.lora_rank, chat_template=cfg.policy.chat_template,
-        checkpoint_every=t.checkpoint_every, log_every=t.log_every, max_len=t.max_len,
+        checkpoint_every=t.checkpoint_every, log_every=t.log_every, max_len=t.max_len or 512,
         seed=cfg.seed)
 
 
 def load_deepspeed_block(block: dict | str) -> dict:
-    """``train.deepspeed``: a mapping, or the path of a DeepSpeed JSON/YAML file; passed through."""
+    """``train.deepspeed``: a mapping, or the path of a DeepSpeed JSON/YAML file; its keys are
+    checked (``check_deepspeed_block``) and passed through."""
     if isinstance(block, dict):
+        check_deepspeed_block(block)
         return block
     import yaml
 
@@ -267,7 +269,39 @@ def load_deepspeed_block(block: dict | str) -> dict:
     data = yaml.safe_load(p.read_text())  # YAML is a superset of JSON
     if not isinstance(data, dict):
         raise ValueError(f"train.deepspeed: {p} must hold a mapping of DeepSpeed config keys")
+    check_deepspeed_block(data, str(p))
     return data
+
+
+# Top-level blocks DeepSpeed reads that its constants module does not list.
+_DS_BLOCKS = {"zero_optimization", "tensorboard", "activation_checkpointing", "flops_profiler",
+              "aio", "comms_logger", "wandb", "csv_monitor", "comet", "compression_training",
+              "data_efficiency", "autotuning", "elasticity", "nebula", "compile", "timers",
+              "hybrid_engine", "weight_quantization", "monitor_config", "torch_autocast"}
+
+
+def check_deepspeed_block(block: dict, where: str = "train.deepspeed") -> None:
+    """DeepSpeed ignores a misspelt key silently: here an unknown top-level key, or an unknown
+    key of ``zero_optimization`` (DeepSpeed's own pydantic model), is a ValueError naming it."""
+    if not block:
+        return
+    import difflib
+
+    import deepspeed.runtime.constants as C
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    known = {v for k, v in vars(C).items() if k.isupper() and isinstance(v, str)} | _DS_BLOCKS
+    for key in block:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(f"{where}: unknown DeepSpeed key {key!r}"
+                             + (f" (did you mean {near[0]!r}?)" if near else ""))
+    zero = block.get("zero_optimization")
+    if isinstance(zero, dict):
+        bad = set(zero) - set(DeepSpeedZeroConfig.model_fields) - {
+            a for f in DeepSpeedZeroConfig.model_fields.values() for a in [f.alias] if a}
+        if bad:
+            raise ValueError(f"{where}: unknown zero_optimization key(s) {sorted(bad)}")
 
 
 __all__ = ["fit", "spec_from_config", "train_worker", "DeepSpeedEngine", "FAIL_AT_ENV",

@@ -177,3 +177,36 @@ def test_generate_texts_keeps_prompt_order(hf_run, tiny_policy):
     direct = HFEngine(str(tiny_policy)).generate(prompts, spec)
     assert out == [[c.text for c in o] for o in direct]
     assert generate_texts(hf_run.cfg, str(tiny_policy), [], spec) == []
+
+
+@pytest.mark.ray
+def test_prompts_over_the_context_are_skipped_and_counted(hf_run, smoke_config_path, tmp_path,
+                                                          capsys):
+    """A question whose prompt + max_tokens cannot fit the context gets no samples (never cut
+    ones); the summary counts and names the skipped; when nothing fits, one clear error."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from glore_ray.prompts import policy_prompt
+
+    shutil.copytree(hf_run.paths.root, tmp_path / "hf")
+    qs = list(_questions(hf_run.paths).values())[:6]
+    tok = AutoTokenizer.from_pretrained(hf_run.paths.policy)
+    lengths = sorted(len(tok(policy_prompt(q.question))["input_ids"]) for q in qs)
+    limit = lengths[2] + 48  # max_tokens 48: the three shortest prompts fit
+    too_long = {q.qid for q in qs if len(tok(policy_prompt(q.question))["input_ids"]) + 48 > limit}
+    over = [*hf_run.over[1:], f"output_dir={tmp_path}", f"rollout.max_model_len={limit}"]
+    assert main(["sample", str(smoke_config_path), *over]) == 0
+    cfg = load_config(smoke_config_path, over)
+    samples = read_rows(RunPaths(cfg).samples, Sample)
+    assert too_long and {s.qid for s in samples} == {q.qid for q in qs} - too_long
+    summary = _done(RunPaths(cfg), "sample")["summary"]
+    assert summary["skipped_over_context"] == len(too_long)
+    assert set(summary["skipped_examples"]) <= too_long and summary["max_model_len"] == limit
+    assert "do not fit the context" in capsys.readouterr().out
+    # nothing fits: a one-line error that says what to change, no stage marked done
+    over[-1] = f"rollout.max_model_len={lengths[0]}"
+    assert main(["sample", str(smoke_config_path), *over]) == 2
+    err = capsys.readouterr().err
+    assert "6 of 6 questions do not fit the context" in err and "rollout.max_model_len" in err
