@@ -93,7 +93,7 @@ def test_reward_heads_score_the_last_token_of_each_step_under_bpe(gsm8k_run):
 
 
 def test_one_solve_through_serve_on_the_trained_models(gsm8k_run, ray_local):
-    from ray import serve
+    from glore_ray.serve.app import stop
 
     from glore_ray.config import load_config
     from glore_ray.serve.app import model_paths_for, start
@@ -116,7 +116,7 @@ def test_one_solve_through_serve_on_the_trained_models(gsm8k_run, ray_local):
         assert r.status_code == 200, r.text
         res = r.json()
     finally:
-        serve.shutdown()
+        stop()
     names = [c["name"] for c in res["candidates"]]
     assert names == ["draft", "global", "local"] and res["refined"]  # both refiners loaded and ran
     draft = res["candidates"][0]

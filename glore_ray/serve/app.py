@@ -136,6 +136,30 @@ def start(cfg: RunConfig, model_paths: dict[str, str], scorer_cls: Any = None,
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
+def stop(timeout_s: float = 120.0) -> None:
+    """``serve.shutdown()``, then wait until Serve's controller and proxy actors are gone. Serve
+    force-kills a proxy that outlives its graceful shutdown; a Serve started before that lands (a
+    restart on a busy node, the next test module) would bind the dying proxy and fail."""
+    import ray
+
+    serve.shutdown()
+    names = ["SERVE_CONTROLLER_ACTOR"] + [f"SERVE_PROXY_ACTOR-{n['NodeID']}" for n in ray.nodes()]
+    deadline = time.time() + timeout_s
+    while True:
+        alive = []
+        for name in names:
+            try:
+                ray.get_actor(name, namespace="serve")
+                alive.append(name)
+            except ValueError:  # no such (live) named actor
+                pass
+        if not alive:
+            return
+        if time.time() > deadline:
+            raise RuntimeError(f"Serve actors still alive {timeout_s:.0f}s after shutdown: {alive}")
+        time.sleep(0.5)
+
+
 def serve_foreground(cfg: RunConfig) -> int:
     """`glore serve CONFIG`: local cluster (or RAY_ADDRESS), foreground until Ctrl-C."""
     import ray
@@ -165,5 +189,5 @@ def serve_foreground(cfg: RunConfig) -> int:
         print("glore serve: stopping ...", flush=True)
         return 0
     finally:
-        serve.shutdown()
+        stop()
         ray.shutdown()

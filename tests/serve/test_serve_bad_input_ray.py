@@ -78,7 +78,7 @@ def _send(url: str, path: str, body: object, headers: dict) -> requests.Response
 class TestBadInputOnService:
     @pytest.fixture(scope="class")
     def service(self, request, ray_local, tmp_path_factory):
-        from ray import serve
+        from glore_ray.serve.app import stop
 
         url, _ = start_service(policy_dir(request), tmp_path_factory.mktemp("serve_bad"),
                                [f"serve.max_question_chars={MAX_CHARS}",
@@ -86,7 +86,7 @@ class TestBadInputOnService:
         try:
             yield url
         finally:
-            serve.shutdown()
+            stop()
 
     def test_bad_requests_then_good(self, service):
         assert len({d for d, *_ in BAD}) == len(BAD) >= 30

@@ -20,14 +20,14 @@ OVERRIDES = ["serve.where_threshold=1.0", "serve.always_refine=true"]
 
 @pytest.fixture(scope="module")
 def served(request, ray_local, tmp_path_factory):
-    from ray import serve
+    from glore_ray.serve.app import stop
 
     work, policy = tmp_path_factory.mktemp("serve"), policy_dir(request)
     url, cfg = start_service(policy, work, OVERRIDES)
     try:
         yield url, cfg, work, policy
     finally:
-        serve.shutdown()
+        stop()
 
 
 @pytest.fixture(scope="module")
