@@ -193,6 +193,9 @@ class RolloutConfig(_Strict):
     max_actors: int = knob(1, ge=1)
     num_cpus: float = knob(1.0, ge=0)
     num_gpus: float = knob(0.0, ge=0)
+    # A generation actor that dies (OOM on a batch, a crashed engine) is replaced and its batch
+    # retried up to this many times; then the stage stops and names the batch.
+    max_actor_restarts: int = knob(3, ge=0)
 
     @model_validator(mode="after")
     def _pool(self) -> "RolloutConfig":

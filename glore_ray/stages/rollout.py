@@ -18,8 +18,11 @@ prefixes of a sample are in the same engine call, so prefix caching reuses their
 Fault tolerance: a pool actor that dies is restarted (its engine rebuilt) and its in-flight batch
 is retried; a batch's rows only reach the writer when its task succeeds, so each expected row is
 written exactly once, and the stage checks the count before committing its output folder.
+The restarts are bounded (``rollout.max_actor_restarts``): a batch that kills every actor it
+meets (a deterministic OOM) stops the stage with one line naming it, instead of looping.
 For tests, ``GLORE_FAULT_EXIT_AFTER_BATCHES=N`` with ``GLORE_FAULT_MARKER=<file>`` in the driver's
-environment makes an actor ``os._exit(1)`` at its (N+1)-th batch, once (the marker records it).
+environment makes an actor ``os._exit(1)`` at its (N+1)-th batch, once (the marker records it);
+``GLORE_FAULT_MARKER=always`` makes every actor die there.
 """
 
 from __future__ import annotations
@@ -95,14 +98,26 @@ class _EngineActor:
             stats.add.remote(engine_start_s=[round(self.engine.start_seconds, 2)],
                              engine=self.engine.name)
 
-    def _maybe_die(self) -> None:
-        """Fault injection for the tests: exit hard once, mid-stage (see the module docstring)."""
+    def _maybe_die(self, first_key: str = "") -> None:
+        """Note the batch this actor works on (``stats.in_flight``, for the error a batch that
+        keeps killing actors gets); fault injection for the tests: exit hard, mid-stage (see the
+        module docstring)."""
         self.n_batches += 1
+        if self.stats is not None:
+            import ray
+
+            ray.get(self.stats.start.remote(os.getpid(), first_key))
         if self.fault and self.n_batches > self.fault["after"]:
+            if self.fault["marker"] == "always":
+                os._exit(1)
             marker = Path(self.fault["marker"])
             if not marker.exists():
                 marker.write_text(f"pid {os.getpid()} exited at batch {self.n_batches}\n")
                 os._exit(1)
+
+    def _batch_done(self) -> None:
+        if self.stats is not None:
+            self.stats.done.remote(os.getpid())
 
     def _generate(self, prompts: list[str], n: int, seeds: list[int], keys: list[str]):
         """``n`` completions per prompt; ``None`` for a prompt that cannot fit the context with
@@ -131,13 +146,14 @@ class SampleActor(_EngineActor):
     """Question rows in, ``k_samples`` graded sample rows per question out."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self._maybe_die()
         qs = batch.to_pylist()
+        self._maybe_die(f"questions {qs[0]['qid']}..{qs[-1]['qid']}" if qs else "")
         outs = self._generate([policy_prompt(q["question"]) for q in qs], self.cfg.k_samples,
                               [request_seed(self.seed, "sample", q["qid"]) for q in qs],
                               [q["qid"] for q in qs])
         rows = [grade_sample(q, i, c.text, c.n_tokens)
                 for q, comps in zip(qs, outs) if comps is not None for i, c in enumerate(comps)]
+        self._batch_done()
         return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
 
 
@@ -151,9 +167,11 @@ class RolloutActor(_EngineActor):
         self.questions = questions  # qid -> (question, answer)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self._maybe_die()
         samples = batch.to_pylist()
+        self._maybe_die(f"samples {samples[0]['qid']}/{samples[0]['sample_id']}.."
+                        f"{samples[-1]['qid']}/{samples[-1]['sample_id']}" if samples else "")
         rows = self._budgeted(samples) if self.cfg.budgeted else self._exhaustive(samples)
+        self._batch_done()
         return pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
 
     def _exhaustive(self, samples: list[dict]) -> list[dict]:
@@ -238,6 +256,12 @@ def _stats_actor():
             for k, v in kw.items():
                 self.d[k] = v if k in ("engine", "max_model_len") else self.d[k] + v
 
+        def start(self, pid: int, batch: str) -> None:
+            self.d.setdefault("in_flight", {})[pid] = batch
+
+        def done(self, pid: int) -> None:
+            self.d.setdefault("in_flight", {}).pop(pid, None)
+
         def get(self) -> dict:
             return self.d
 
@@ -259,21 +283,34 @@ def _map_generate(ds, actor_cls: type, cfg: RunConfig, model_path: str, stats, *
         actor_cls, batch_size=r.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=r.min_actors, max_size=r.max_actors),
         num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-        # No max_restarts/max_task_retries here: Ray Data's actor defaults are already -1/-1 (a
-        # dead actor is replaced, its engine rebuilt, its batches retried), and passing them is
-        # deprecated in 2.60. A Python error in a batch still fails the stage: it is not retried.
+        # Ray Data's defaults are -1/-1 (a dead actor replaced, its batch retried, forever): a
+        # batch that deterministically kills its actor would loop. A Python error in a batch
+        # still fails the stage at once: it is not retried.
+        max_restarts=r.max_actor_restarts, max_task_retries=r.max_actor_restarts,
         fn_constructor_kwargs={"rollout_cfg": r.model_dump(mode="json"),
                                "model_path": model_path, "seed": cfg.seed, "stats": stats,
                                "fault": _fault_from_env(), "chat": cfg.policy.chat_template,
                                **kwargs})
 
 
-def _write(ds, final: Path, expected, what: str, schema: pa.Schema) -> int:
+def _write(ds, final: Path, expected, what: str, schema: pa.Schema, stats=None,
+           max_restarts: int = 0) -> int:
     """Stream ``ds`` to Parquet parts in a temp folder; commit it only when the count is right
     (``expected``: a number, None, or a function called after the write: what was skipped is
     only known then)."""
     tmp = atomic_dir(final)
-    ds.write_parquet(str(tmp))
+    try:
+        ds.write_parquet(str(tmp))
+    except Exception as e:
+        if stats is not None and "ActorDiedError" in f"{type(e).__name__} {e}":
+            import ray
+
+            batches = sorted(set(ray.get(stats.get.remote()).get("in_flight", {}).values()))
+            raise RuntimeError(
+                f"{what}: a generation actor died more than rollout.max_actor_restarts="
+                f"{max_restarts} times; the batch(es) it was on: {batches[:3]} (out of memory on "
+                f"a long batch? lower rollout.batch_size or rollout.max_tokens)") from None
+        raise
     if callable(expected):
         expected = expected()
     parts = list(tmp.glob("*.parquet"))
@@ -346,7 +383,7 @@ def run_sample(cfg: RunConfig, paths, log=print) -> dict:
     ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items), r.batch_size))
     ds = _map_generate(ds, SampleActor, cfg, policy_path(cfg, paths), stats)
     n = _write(ds, paths.samples, lambda: (len(questions) - len(_skipped(stats))) * r.k_samples,
-               "sample", SAMPLE_SCHEMA)
+               "sample", SAMPLE_SCHEMA, stats, r.max_actor_restarts)
     summary = _summarise(stats, time.time() - t0)
     _report_skipped(summary, len(questions), r, "questions", log)
     t = pq.read_table(str(paths.samples), columns=["qid", "correct", "final_answer"])
@@ -395,7 +432,8 @@ def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
     ds = ds.repartition(_blocks(n_samples, r.batch_size))
     ds = _map_generate(ds, RolloutActor, cfg, policy_path(cfg, paths), stats, questions=questions)
     n = _write(ds, paths.rollouts, None if expected is None else
-               (lambda: expected - len(_skipped(stats)) * r.k_rollouts), "rollout", ROLLOUT_SCHEMA)
+               (lambda: expected - len(_skipped(stats)) * r.k_rollouts), "rollout", ROLLOUT_SCHEMA,
+               stats, r.max_actor_restarts)
     summary = _summarise(stats, time.time() - t0)
     _report_skipped(summary, n_prefixes, r, "step prefixes", log)
     correct = pq.read_table(str(paths.rollouts), columns=["correct"]).column("correct").to_pylist()

@@ -142,6 +142,23 @@ def test_killed_actor_still_writes_every_row_once(hf_run, smoke_config_path, tmp
 
 
 @pytest.mark.ray
+def test_a_batch_that_kills_every_actor_stops_the_stage_and_is_named(
+        hf_run, smoke_config_path, tmp_path, monkeypatch, capsys):
+    """A deterministic crash (every actor dies on its first batch) is not retried forever: after
+    rollout.max_actor_restarts the stage stops with one line naming the batch."""
+    import shutil
+
+    shutil.copytree(hf_run.paths.root, tmp_path / "hf")
+    monkeypatch.setenv("GLORE_FAULT_EXIT_AFTER_BATCHES", "0")
+    monkeypatch.setenv("GLORE_FAULT_MARKER", "always")
+    over = [*hf_run.over[1:], f"output_dir={tmp_path}", "rollout.max_actor_restarts=1"]
+    with pytest.raises(RuntimeError, match=r"died more than rollout.max_actor_restarts=1 times; "
+                                           r"the batch\(es\) it was on: \['samples "):
+        main(["rollout", str(smoke_config_path), *over, "--force"])  # restarts are a knob
+    assert not (tmp_path / "hf" / "rollout" / "_DONE.json").exists()
+
+
+@pytest.mark.ray
 def test_budgeted_rollouts_run_inside_the_actor(hf_run, tmp_path):
     from glore_ray.method.prefixes import n_prefixes
     from glore_ray.stages.rollout import run_rollout
