@@ -89,7 +89,7 @@ def run_log(path: Path, argv: list[str]):
 def _contexts(cfg: RunConfig) -> str:
     """What context (prompt + generated tokens) the generating engines and the reward models get,
     as far as it can be known without downloading anything."""
-    from glore_ray.engines.context import model_context
+    from glore_ray.engines.context import choose_max_model_len, model_context
 
     r, s, t = cfg.rollout, cfg.serve, cfg.train
     model = cfg.policy.model
@@ -109,7 +109,8 @@ def _contexts(cfg: RunConfig) -> str:
         if requested is not None:
             return f"{requested} tokens (set)"
         if own is not None:
-            return f"{min(own, r.context_cap)} tokens (the model's {own}, cap {r.context_cap})"
+            return (f"{choose_max_model_len(own, None, r.context_cap)} tokens (the model's {own}, "
+                    f"cap {r.context_cap})")
         return (f"the model's own max_position_embeddings, at most {r.context_cap} "
                 "(rollout.context_cap; read from its config.json when the stage starts)")
 

@@ -19,6 +19,7 @@ import importlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,7 @@ def run_stage(cfg: RunConfig, name: str, log=print, force: bool = False) -> dict
     # finished model) and was started for this very config.
     started = paths.stage(name) / "_STARTED.json"
     h = stage_hash(cfg, name)
-    resumable = getattr(importlib.import_module(stage.target.split(":")[0]), "RESUMES", False)
+    resumable = getattr(sys.modules[fn.__module__], "RESUMES", False)
     if paths.stage(name).exists() and not (
             resumable and started.exists() and json.loads(started.read_text())["hash"] == h):
         shutil.rmtree(paths.stage(name))

@@ -191,7 +191,8 @@ def evaluate_policy(model, tokenizer, test: list[Question], max_tokens: int | No
                  "sample_accuracy": sum(map(sum, right)) / (len(test) * pass_k)}
     return {"n": len(test), "greedy_accuracy": n_right / len(test), **extra,
             "error_kinds": dict(kinds),
-            "binding_share": sum(kinds[k] for k in BINDING) / wrong if wrong else 0.0, "first_wrong_step": dict(sorted(first_steps.items())),
+            "binding_share": sum(kinds[k] for k in BINDING) / wrong if wrong else 0.0,
+            "first_wrong_step": dict(sorted(first_steps.items())),
             "intermediate_error_share": (sum(v for k, v in first_steps.items() if k != "final line")
                                          / wrong if wrong else 0.0)}
 

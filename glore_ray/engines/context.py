@@ -33,17 +33,25 @@ def resolve_max_model_len(model_path: str, requested: int | None, cap: int) -> i
     model's own context capped at ``cap`` (the KV cache grows with it). A request above the
     model's context is an error: its position embeddings end there."""
     own = model_context(model_path)
-    if requested is None:
-        return min(own, cap) if own else cap
-    if own and requested > own:
+    if own and requested is not None and requested > own:
         raise ValueError(f"max_model_len={requested} is longer than the context of {model_path} "
                          f"({own} tokens)")
-    return requested
+    return choose_max_model_len(own, requested, cap)
 
 
-def fitting(engine, prompts: list[str], max_tokens: int) -> list[bool]:
-    """Whether each prompt's tokens plus ``max_tokens`` fit ``engine.max_model_len``."""
-    return [n + max_tokens <= engine.max_model_len for n in engine.count_tokens(prompts)]
+def choose_max_model_len(own: int | None, requested: int | None, cap: int) -> int:
+    """The rule: ``requested`` if set, else the model's own context (``own``) capped at ``cap``."""
+    if requested is not None:
+        return requested
+    return min(own, cap) if own else cap
+
+
+def fitting(engine, prompts: list[str], max_tokens: int,
+            lengths: list[int] | None = None) -> list[bool]:
+    """Whether each prompt's tokens (``lengths``, counted here when not given) plus
+    ``max_tokens`` fit ``engine.max_model_len``."""
+    lengths = engine.count_tokens(prompts) if lengths is None else lengths
+    return [n + max_tokens <= engine.max_model_len for n in lengths]
 
 
 def too_long_message(n_skipped: int, n_total: int, max_tokens: int, max_model_len: int,

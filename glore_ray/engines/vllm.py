@@ -39,9 +39,7 @@ class VLLMEngine:
         self.start_seconds = time.perf_counter() - t0
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
-        """Prompt tokens as the engine will see them (its own tokenizer, special tokens too)."""
-        tok = self.llm.get_tokenizer()
-        return [len(ids) for ids in tok(prompts)["input_ids"]] if prompts else []
+        return count_tokens(self.llm, prompts)
 
     def generate(self, prompts: list[str], spec: SamplingSpec,
                  seeds: list[int] | None = None) -> list[list[Completion]]:
@@ -62,6 +60,11 @@ class VLLMEngine:
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [[Completion(truncate_at_answer(c.text), len(c.token_ids))
                  for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+
+def count_tokens(llm, prompts: list[str]) -> list[int]:
+    """Prompt tokens as a ``vllm.LLM`` will see them (its own tokenizer, special tokens too)."""
+    return [len(ids) for ids in llm.get_tokenizer()(prompts)["input_ids"]] if prompts else []
 
 
 def set_engine_env(kv_cache_gib: float) -> None:

@@ -106,8 +106,9 @@ _log = logging.getLogger("ray.serve")
 
 
 class BodyLimit:
-    """ASGI middleware: the body is read (at most ``limit`` bytes) before the app sees it, so the
-    limit holds for chunked bodies that carry no ``Content-Length``."""
+    """ASGI middleware, the one body-size check: a declared ``Content-Length`` over ``limit`` (or
+    not a number) is refused before anything is read; otherwise the body is read (at most
+    ``limit`` bytes) before the app sees it, so the limit holds for chunked bodies too."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -115,6 +116,10 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        too_big = _error(413, "body", f"request body over {self.limit} bytes")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await too_big(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
             msg = await receive()
@@ -123,8 +128,7 @@ class BodyLimit:
             chunks.append(msg.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
-                return await _error(413, "body", f"request body over {self.limit} bytes")(
-                    scope, receive, send)
+                return await too_big(scope, receive, send)
             more = msg.get("more_body", False)
         body, sent = b"".join(chunks), False
 
@@ -183,7 +187,7 @@ def create_app(settings: dict) -> FastAPI:
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
-        # Cheap checks before the body is parsed: API key and body size.
+        # The API key, before the body is parsed (its size: BodyLimit).
         key = settings.get("api_key")
         if key and request.url.path not in ("/healthz", "/docs", "/openapi.json"):
             auth = request.headers.get("authorization", "")
@@ -193,10 +197,6 @@ def create_app(settings: dict) -> FastAPI:
                 return _error(401, "authorization", "missing or wrong API key "
                               "(send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')",
                               "unauthorized")
-        length = request.headers.get("content-length")
-        limit = settings["max_body_bytes"]
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return _error(413, "body", f"request body over {limit} bytes")
         return await call_next(request)
 
     app.add_middleware(BodyLimit, limit=settings["max_body_bytes"])

@@ -69,8 +69,9 @@ class _VLLMMultiLoRA:
                       for i, (name, p) in enumerate(adapters.items())}
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
-        tok = self.llm.get_tokenizer()
-        return [len(ids) for ids in tok(prompts)["input_ids"]] if prompts else []
+        from glore_ray.engines.vllm import count_tokens
+
+        return count_tokens(self.llm, prompts)
 
     def generate(self, prompts: list[str], spec: SamplingSpec,
                  adapter: str | None = None) -> list[list[Completion]]:
@@ -159,8 +160,9 @@ class Generator:
             if self.chat_tokenizer is not None:
                 prompts = [chat_prompt(p, self.chat_tokenizer) for p in prompts]
             engine = self.engines.get(adapter, self.engines[None])
-            ok = fitting(engine, prompts, spec.max_tokens)
-            for i, f, n in zip(idx, ok, engine.count_tokens(prompts)):
+            lengths = engine.count_tokens(prompts)
+            ok = fitting(engine, prompts, spec.max_tokens, lengths)
+            for i, f, n in zip(idx, ok, lengths):
                 if not f:  # a message, not a cut completion: generate() raises it for this caller
                     out[i] = (f"the prompt is {n} tokens; with max_tokens {spec.max_tokens} it "
                               f"does not fit the model's context of {engine.max_model_len}")
