@@ -1,10 +1,10 @@
 """Does a policy-initialised ORM rank one question's solutions, and how fast does it learn to?
 
     .venv/bin/python benchmarks/orm_gap.py [--config configs/dependency.yaml] [--questions 256]
-        [--k 8] [--steps 600] [--variants bce,lm,rank,rank+lm] [--policy DIR]
+        [--k 8] [--steps 600] [--variants bce,lm,rank,rank+lm] [--policy DIR] [--engine vllm|hf]
         [--out benchmarks/results/orm_gap.json]
 
-In-process (plain torch, HF ``generate``; no Ray), on the config's policy and world, *train and
+In-process (plain torch, samples from vLLM or HF ``generate``; no Ray), on the config's policy and world, *train and
 validation questions only* (never the test split): K temperature-1 samples of ``--questions`` train
 questions, labelled by final-answer correctness (the ORM's own signal, no oracle); one reward model
 per variant, trained from the policy with the pipeline's ``train/reward.py`` on batches of whole
@@ -28,17 +28,32 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sample(model, tok, questions, n: int, temperature: float, seed: int) -> list[list[str]]:
+def sample(eng, tok, questions, n: int, temperature: float, seed: int) -> list[list[str]]:
     from glore_ray.engines.base import SamplingSpec
-    from glore_ray.engines.hf import HFEngine
     from glore_ray.prompts import policy_prompt
 
-    eng = HFEngine.from_model(model, tok, batch_size=256)
     longest = max(len(tok(q.gold_solution)["input_ids"]) for q in questions)
-    outs = eng.generate([policy_prompt(q.question) for q in questions],
-                        SamplingSpec(n=n, temperature=temperature, max_tokens=longest + 32,
-                                     seed=seed))
+    spec = SamplingSpec(n=n, temperature=temperature, max_tokens=longest + 32, seed=seed)
+    prompts = [policy_prompt(q.question) for q in questions]
+    if eng.name == "vllm":  # one seed per question: samples independent of the batching
+        outs = eng.generate(prompts, spec, seeds=[seed * 100_003 + i for i in range(len(prompts))])
+    else:
+        outs = eng.generate(prompts, spec)
     return [[c.text for c in cs] for cs in outs]
+
+
+def engine(name: str, pol: Path, tok):
+    """vLLM (CPU build here; ~5x HF generate for this shape, DESIGN) or HF ``generate``."""
+    if name == "vllm":
+        from glore_ray.engines.vllm import VLLMEngine
+
+        return VLLMEngine(str(pol), max_model_len=512)
+    from transformers import AutoModelForCausalLM
+
+    from glore_ray.engines.hf import HFEngine
+
+    return HFEngine.from_model(AutoModelForCausalLM.from_pretrained(pol).eval(), tok,
+                               batch_size=256)
 
 
 def rows_of(questions, texts) -> list[dict]:
@@ -60,10 +75,9 @@ def question_batches(rows: list[dict], per_batch: int, rng: random.Random):
     by: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by.setdefault(r["qid"], []).append(i)
-    groups = list(by.values())
-    while True:
+    groups, batch = list(by.values()), []
+    while True:  # a batch may span two passes (fewer rows than one batch: every batch does)
         rng.shuffle(groups)
-        batch: list[int] = []
         for g in groups:
             batch += g
             if len(batch) >= per_batch:
@@ -89,10 +103,47 @@ def pairwise(model, tok, rows, batch_size: int = 64) -> float:
                                     [qids[r["qid"]] for r in rows])["pairwise_accuracy"]
 
 
+def samples(args, cfg, pol: Path) -> tuple[list[dict], list[dict]]:
+    """Train and validation rows, sampled in a child process (the engine's KV cache and threads
+    go with it) and cached under runs/: a re-run with the same arguments reuses the rows."""
+    import hashlib
+    import json
+    import multiprocessing as mp
+
+    key = json.dumps([str(pol), cfg.data.model_dump(mode="json"), args.questions, args.k, args.val,
+                      args.seed, args.engine], sort_keys=True)
+    cache = REPO / "runs" / "orm_gap_samples" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if not cache.exists():
+        child = mp.get_context("spawn").Process(target=_sample_to, args=(args, cfg, pol, cache))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"sampling failed (exit code {child.exitcode})")
+    got = json.loads(cache.read_text())
+    return got["rows"], got["val_rows"]
+
+
+def _sample_to(args, cfg, pol: Path, cache: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from glore_ray.data import dependency, worlds
+    from glore_ray.records import write_json
+
+    tok = AutoTokenizer.from_pretrained(pol)
+    gen = engine(args.engine, pol, tok)
+    train, test = worlds.generate(cfg.data)
+    w = worlds.world_config(cfg.data)
+    val = dependency.validation(w, w.seed, args.val, {q.question for q in train + test})
+    qs = random.Random(args.seed).sample(train, args.questions)
+    rows = rows_of(qs, sample(gen, tok, qs, args.k, 1.0, args.seed))
+    vt = [g + s for g, s in zip(sample(gen, tok, val, 1, 0.0, 0), sample(gen, tok, val, 3, 1.0, 7))]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_json(cache, {"rows": rows, "val_rows": rows_of(val, vt)})
+
+
 def main() -> None:
     from glore_ray import policy
     from glore_ray.config import load_config
-    from glore_ray.data import dependency, worlds  # validation questions: the dependency world
     from glore_ray.train import reward
     from glore_ray.train.loop import LoopSpec, lr_lambda
 
@@ -109,6 +160,7 @@ def main() -> None:
     ap.add_argument("--lm-weight", type=float, default=0.5)
     ap.add_argument("--variants", default="bce,lm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="sampling engine")
     ap.add_argument("--policy", default=None, help="policy folder (default: the config's shipped one)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "orm_gap.json"))
     ap.add_argument("overrides", nargs="*", help="dotted config overrides")
@@ -117,20 +169,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     cfg = load_config(args.config, args.overrides)
     pol = Path(args.policy) if args.policy else policy.ASSETS / policy.recipe_hash(cfg)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(pol)
-    gen = AutoModelForCausalLM.from_pretrained(pol).eval()
-    train, test = worlds.generate(cfg.data)
-    w = worlds.world_config(cfg.data)
-    val = dependency.validation(w, w.seed, args.val, {q.question for q in train + test})
-    qs = random.Random(args.seed).sample(train, args.questions)
-    rows = rows_of(qs, sample(gen, tok, qs, args.k, 1.0, args.seed))
-    vt = [g + s for g, s in zip(sample(gen, tok, val, 1, 0.0, 0), sample(gen, tok, val, 3, 1.0, 7))]
-    val_rows = rows_of(val, vt)
+    rows, val_rows = samples(args, cfg, pol)
     print(f"{len(rows)} train rows ({sum(r['ok'] for r in rows) / len(rows):.1%} right), "
           f"{len(val_rows)} validation rows; sampling {time.time() - t0:.0f}s", flush=True)
-    out = {"questions": args.questions, "k": args.k, "train_right": sum(r["ok"] for r in rows) / len(rows),
+    out = {"questions": args.questions, "k": args.k, "engine": args.engine,
+           "train_right": sum(r["ok"] for r in rows) / len(rows),
            "val_questions": args.val, "curves": {}}
     for variant in args.variants.split(","):
         torch.manual_seed(args.seed)
