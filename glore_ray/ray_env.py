@@ -13,6 +13,16 @@ WORKER_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
     "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
 }
+# Serve's proxy health checks (Ray's defaults: 5 s to report ready, 10 s per health check, 5 s to
+# drain): on a node whose cores are busy (a training job beside it; Ray's workers run niced) the
+# proxy missed three 5 s readiness checks in a row, was force-killed and restarted, and every
+# request of the Serve suite failed (seen here). Minutes of slack cost nothing on a healthy node.
+SERVE_ENV = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_GRACEFUL_SHUTDOWN_TIMEOUT_S": "30",
+}
+WORKER_ENV.update({k: os.environ.get(k, v) for k, v in SERVE_ENV.items()})
 if os.environ.get("TORCH_EXTENSIONS_DIR"):
     WORKER_ENV["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
 
@@ -25,6 +35,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    for k, v in SERVE_ENV.items():  # a local cluster's processes (Serve's controller) inherit these
+        os.environ.setdefault(k, v)
     kwargs = dict(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
     if address:
         ray.init(address=address, **kwargs)

@@ -130,7 +130,11 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 def start(cfg: RunConfig, model_paths: dict[str, str], scorer_cls: Any = None,
           blocking_ready: bool = True) -> str:
     """Start Serve on ``cfg.serve.host:port`` and deploy the app; returns the base URL."""
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    from glore_ray.ray_env import SERVE_ENV
+
+    # the controller runs the proxy health checks: lenient ones on a cluster too (ray_env)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
+                controller_options={"runtime_env": {"env_vars": dict(SERVE_ENV)}})
     serve.run(build_app(cfg, model_paths, scorer_cls), name=APP_NAME, route_prefix="/",
               blocking=False)
     return f"http://{cfg.serve.host}:{cfg.serve.port}"

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from glore_ray.config import load_config
-from glore_ray.ray_env import WORKER_ENV
+from glore_ray.ray_env import SERVE_ENV, WORKER_ENV
 
 
 def serve_config(config_path: str | Path, overrides: list[str] | None = None,
@@ -28,6 +28,7 @@ def serve_config(config_path: str | Path, overrides: list[str] | None = None,
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": cfg.serve.host, "port": cfg.serve.port},
+        "controller_options": {"runtime_env": {"env_vars": dict(SERVE_ENV)}},  # ray_env: why
         "applications": [{
             "name": "glore",
             "route_prefix": "/",

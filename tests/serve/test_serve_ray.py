@@ -135,6 +135,9 @@ def test_serve_config_yaml_is_valid(smoke_config_path):
     validate(doc)
     assert doc["http_options"]["port"] == 8123
     assert doc["applications"][0]["import_path"] == "glore_ray.serve.app:app_builder"
+    # lenient proxy health checks: a busy node's proxy is not killed while it starts
+    env = doc["controller_options"]["runtime_env"]["env_vars"]
+    assert float(env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) >= 30
 
 
 def test_serve_and_evaluate_run_the_same_solve(served):
