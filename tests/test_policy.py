@@ -91,7 +91,7 @@ def test_init_from_continues_a_shipped_policy_and_refuses_a_mismatch():
     shipped = AutoModelForCausalLM.from_pretrained(ASSETS / "5d0b919c0d5a1f60")
     for (name, a), b in zip(model.named_parameters(), shipped.parameters()):
         assert torch.allclose(a, b, atol=1e-5), name
-    with pytest.raises(ValueError, match="no shipped policy with that hash"):
+    with pytest.raises(FileNotFoundError, match="no shipped policy with that hash"):
         train_policy(load_config(REPO / "configs/symbolic.yaml", ["policy.init_from=abcdef0123456789"]),
                      train[:20], log=lambda m: None)
     with pytest.raises(ValueError, match="vocabulary is not this world's"):
