@@ -83,8 +83,8 @@ def test_init_from_continues_a_shipped_policy_and_refuses_a_mismatch():
     from glore_ray.policy import train_policy
 
     cfg = load_config(REPO / "configs/symbolic.yaml",
-                      ["policy.init_from=5d0b919c0d5a1f60", "policy.steps=1", "policy.lr=1e-9",
-                       "policy.min_lr=0", "policy.warmup_steps=0", "policy.batch_size=2",
+                      ["policy.model=null", "policy.init_from=5d0b919c0d5a1f60", "policy.steps=1",
+                       "policy.lr=1e-9", "policy.min_lr=0", "policy.warmup_steps=0", "policy.batch_size=2",
                        "data.dependency.n_train=20"])
     train, _ = worlds.generate(cfg.data)
     model, _ = train_policy(cfg, train[:20], log=lambda m: None)
@@ -92,7 +92,8 @@ def test_init_from_continues_a_shipped_policy_and_refuses_a_mismatch():
     for (name, a), b in zip(model.named_parameters(), shipped.parameters()):
         assert torch.allclose(a, b, atol=1e-5), name
     with pytest.raises(FileNotFoundError, match="no shipped policy with that hash"):
-        train_policy(load_config(REPO / "configs/symbolic.yaml", ["policy.init_from=abcdef0123456789"]),
+        train_policy(load_config(REPO / "configs/symbolic.yaml", ["policy.model=null",
+                                                                "policy.init_from=abcdef0123456789"]),
                      train[:20], log=lambda m: None)
     with pytest.raises(ValueError, match="vocabulary is not this world's"):
         other = load_config(REPO / "configs/dependency.yaml", ["policy.init_from=5d0b919c0d5a1f60"])
