@@ -37,6 +37,11 @@ def init_ray(num_cpus: int | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     for k, v in SERVE_ENV.items():  # a local cluster's processes (Serve's controller) inherit these
         os.environ.setdefault(k, v)
+    # Ray starts its workers at nice 15 so a desktop stays responsive; here the workers *are* the
+    # job, and at nice 15 any other process on the node takes their cores (seen here: beside a
+    # 2-thread training, the suite's Ray workers got ~3-10% of a core and the GSM8K run stalled).
+    # Set RAY_worker_niceness yourself to keep Ray's default.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     kwargs = dict(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
     if address:
         ray.init(address=address, **kwargs)

@@ -11,6 +11,7 @@ would otherwise cost a vLLM start.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -78,6 +79,20 @@ def _done(paths: RunPaths, stage: str) -> dict:
 
 
 # ------------------------------------------------------------------ the smoke run, real vLLM
+
+@pytest.mark.ray
+def test_workers_are_not_niced(ray_local):
+    """Ray's default starts workers at nice 15: beside any other CPU job on the node they stall
+    (ray_env.init_ray). The local cluster's workers run at the driver's priority."""
+
+    @ray_local.remote
+    def niceness() -> int:
+        import os
+
+        return os.nice(0)
+
+    assert ray_local.get(niceness.remote()) == os.nice(0)
+
 
 @pytest.mark.ray
 @pytest.mark.vllm
