@@ -4,16 +4,16 @@
         [--k 8] [--steps 600] [--variants bce,lm,rank,rank+lm] [--policy DIR] [--engine vllm|hf]
         [--out benchmarks/results/orm_gap.json]
 
-In-process (plain torch, samples from vLLM or HF ``generate``; no Ray), on the config's policy and world, *train and
-validation questions only* (never the test split): K temperature-1 samples of ``--questions`` train
-questions, labelled by final-answer correctness (the ORM's own signal, no oracle); one reward model
-per variant, trained from the policy with the pipeline's ``train/reward.py`` on batches of whole
-questions; every ``--eval-every`` steps the within-question pairwise accuracy (evaluate's
-``within_question_pairwise``) on validation questions' greedy draft + 3 samples. Variants:
-``bce`` (the paper's ORM loss), ``rank`` (BCE + ``--rank-weight`` x the within-question ranking
-term, ``reward.ranking_loss``), ``lm`` (BCE + ``--lm-weight`` x the policy's next-token loss on the
-solution tokens, ``reward.RewardWithLM``) and ``rank+lm`` (both). Whether the dependency world can
-become the embedded default rests on this number (issue 23's gate: >= 70%).
+In-process (plain torch, samples from vLLM or HF ``generate``; no Ray), on the config's policy and
+world, *train and validation questions only* (never the test split): K temperature-1 samples of
+``--questions`` train questions, labelled by final-answer correctness (the ORM's own signal, no
+oracle); one reward model per variant, trained from the policy with the pipeline's
+``train/reward.py`` on batches of whole questions; every ``--eval-every`` steps the within-question
+pairwise accuracy (evaluate's ``within_question_pairwise``) on validation questions' greedy draft +
+3 samples. Variants: ``bce`` (the paper's ORM loss), ``rank`` (BCE + ``--rank-weight`` x the
+within-question ranking term, ``reward.ranking_loss``), ``lm`` (BCE + ``--lm-weight`` x the policy's
+next-token loss on the solution tokens, ``reward.RewardWithLM``) and ``rank+lm`` (both). Whether the
+dependency world can become the embedded default rests on this number (issue 23's gate: >= 70%).
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def samples(args, cfg, pol: Path) -> tuple[list[dict], list[dict]]:
 
     key = json.dumps([str(pol), cfg.data.model_dump(mode="json"), args.questions, args.k, args.val,
                       args.seed, args.engine], sort_keys=True)
-    cache = REPO / "runs" / "orm_gap_samples" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = REPO / "runs" / "orm_gap_samples" / f"{digest}.json"
     if not cache.exists():
         child = mp.get_context("spawn").Process(target=_sample_to, args=(args, cfg, pol, cache))
         child.start()
@@ -161,14 +162,21 @@ def main() -> None:
     ap.add_argument("--variants", default="bce,lm")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="sampling engine")
-    ap.add_argument("--policy", default=None, help="policy folder (default: the config's shipped one)")
+    ap.add_argument("--policy", default=None, help="policy folder (default: the config's policy)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "orm_gap.json"))
     ap.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(args.seed)
     cfg = load_config(args.config, args.overrides)
-    pol = Path(args.policy) if args.policy else policy.ASSETS / policy.recipe_hash(cfg)
+    if args.policy:
+        pol = Path(args.policy)
+    elif cfg.policy.model:  # e.g. shipped:<hash>
+        from glore_ray.hub import resolve_model
+
+        pol = Path(resolve_model(cfg.policy.model))
+    else:
+        pol = policy.ASSETS / policy.recipe_hash(cfg)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(pol)
