@@ -42,20 +42,6 @@ def sample(eng, tok, questions, n: int, temperature: float, seed: int) -> list[l
     return [[c.text for c in cs] for cs in outs]
 
 
-def engine(name: str, pol: Path, tok):
-    """vLLM (CPU build here; ~5x HF generate for this shape, DESIGN) or HF ``generate``."""
-    if name == "vllm":
-        from glore_ray.engines.vllm import VLLMEngine
-
-        return VLLMEngine(str(pol), max_model_len=512)
-    from transformers import AutoModelForCausalLM
-
-    from glore_ray.engines.hf import HFEngine
-
-    return HFEngine.from_model(AutoModelForCausalLM.from_pretrained(pol).eval(), tok,
-                               batch_size=256)
-
-
 def rows_of(questions, texts) -> list[dict]:
     from glore_ray.data.grading import is_correct, split_steps
 
@@ -128,10 +114,11 @@ def _sample_to(args, cfg, pol: Path, cache: Path) -> None:
     from transformers import AutoTokenizer
 
     from glore_ray.data import dependency, worlds
+    from glore_ray.engines import make_engine
     from glore_ray.records import write_json
 
     tok = AutoTokenizer.from_pretrained(pol)
-    gen = engine(args.engine, pol, tok)
+    gen = make_engine(cfg.rollout.model_copy(update={"engine": args.engine}), str(pol), args.seed)
     train, test = worlds.generate(cfg.data)
     w = worlds.world_config(cfg.data)
     val = dependency.validation(w, w.seed, args.val, {q.question for q in train + test})

@@ -17,12 +17,13 @@ WORKER_ENV = {
 # drain): on a node whose cores are busy (a training job beside it; Ray's workers run niced) the
 # proxy missed three 5 s readiness checks in a row, was force-killed and restarted, and every
 # request of the Serve suite failed (seen here). Minutes of slack cost nothing on a healthy node.
-SERVE_ENV = {
+# A value already in the environment wins, here and wherever SERVE_ENV is passed on.
+SERVE_ENV = {k: os.environ.get(k, v) for k, v in {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_PROXY_GRACEFUL_SHUTDOWN_TIMEOUT_S": "30",
-}
-WORKER_ENV.update({k: os.environ.get(k, v) for k, v in SERVE_ENV.items()})
+}.items()}
+WORKER_ENV.update(SERVE_ENV)
 if os.environ.get("TORCH_EXTENSIONS_DIR"):
     WORKER_ENV["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
 
