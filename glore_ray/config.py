@@ -176,6 +176,10 @@ class RolloutConfig(_Strict):
     n_questions: int | None = Field(256, ge=1)  # train questions to sample (None = all)
     k_samples: int = Field(8, ge=1)  # samples per question (ORM data)
     k_rollouts: int = Field(8, ge=1)  # rollouts per step prefix (SORM labels)
+    # Of the sampled questions, the first this many get step rollouts (None = all). The ORM
+    # learns from every sample and the global refiner from every question; the SORM and the local
+    # refiner only from these: an ORM needs many more samples than the rollouts can afford.
+    rollout_questions: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(96, ge=1)

@@ -9,7 +9,9 @@ A correct sample needs no rollouts at all: it is itself a successful rollout fro
 
     rows = search(items, generate, k=8, chunk=2)
 
-``items``: one dict per sample ``{qid, sample_id, question, answer, steps, correct}``.
+``items``: one dict per sample ``{qid, sample_id, question, answer, steps, correct}`` and, optionally,
+``probe_limit`` (only prefixes ``0 .. probe_limit - 1`` may be probed: the rest do not fit the
+context).
 ``generate(prompts, n) -> list[list[str]]``: ``n`` continuations per prompt (the rollout actor's
 engine). The search advances every sample of the batch together, in rounds: each round is one
 ``generate`` call over all active probes (two calls when probes need different ``n``, i.e. the
@@ -79,7 +81,10 @@ def search(items: list[dict], generate: Generate, k: int, chunk: int,
     chunk = min(chunk, k)
     for it in items:
         _check(it)
-    probes = [_Probe(it, 0, n_prefixes(it["steps"]), split=split)
+    # ``probe_limit``: prefixes past it cannot be rolled out (over the context): never probed, so
+    # the label stage infers them like any unprobed step
+    probes = [_Probe(it, 0, min(n_prefixes(it["steps"]), it.get("probe_limit", len(it["steps"]))),
+                     split=split)
               for it in items if not it["correct"]]
     while True:
         active = [p for p in probes if p.active]

@@ -174,6 +174,8 @@ class SetWriter:
         sorm, trl = [], []
         labelled = [s for s in labelled if s["steps"]]  # no step end to score in an empty one
         for s in labelled:
+            if not s["rolled_out"]:
+                continue  # not rolled out: ORM row only
             mask = self.balancer.mask(s["hard"]) if self.balancer else [1.0] * len(s["steps"])
             if any(mask):
                 sorm.append(sorm_row(s, self.use_soft, mask))

@@ -47,6 +47,7 @@ LABELLED = pa.schema([
     ("hard", _F), ("soft", _F), ("raw_hard", _F), ("n_rollouts", pa.list_(pa.int64())),
     ("oracle", _F),  # empty when the world has no oracle or it does not parse the sample
     ("n_rollout_rows", pa.int64()), ("flips", pa.list_(pa.int64())),  # FLIPS order
+    ("rolled_out", pa.bool_()),  # False: its question got no rollouts (no SORM labels: empty)
     ("global_prompt", _S), ("global_target", _S), ("global_source", _S), ("local_prompt", _S),
     ("local_target", _S)])
 FLIPS = ("intermediate_check", "inferred", "monotone")
@@ -62,9 +63,14 @@ _MIXED = pa.schema([
 # ------------------------------------------------------------------ one question (Ray-free)
 
 def label_question(q: Question, samples: list[Sample], rollouts: list[Rollout], cfg: LabelConfig,
-                   seed: int, pos: list[int] | None = None) -> list[dict]:
+                   seed: int, pos: list[int] | None = None, rolled_out: bool = True) -> list[dict]:
     """LABELLED rows for one question's samples (in their given order; ``pos`` = their places in
-    the samples file) from its rollouts. Raises ValueError on inconsistent inputs."""
+    the samples file) from its rollouts. Raises ValueError on inconsistent inputs. A question that
+    was not rolled out (``rollout.rollout_questions``) keeps its ORM labels and global pairs; its
+    SORM labels are empty and it has no local pairs."""
+    if not rolled_out and rollouts:
+        raise ValueError(f"question {q.qid!r} has rollouts but is outside rollout.rollout_questions"
+                         " (rerun the rollout stage)")
     by_key: dict[tuple[str, int], Sample] = {}
     for s in samples:
         key = (s.qid, int(s.sample_id))
@@ -87,23 +93,32 @@ def label_question(q: Question, samples: list[Sample], rollouts: list[Rollout], 
     rows, hard_by_key = [], {}
     for j, s in enumerate(samples):
         key = (s.qid, int(s.sample_id))
+        oracle = _oracle(q, s)
+        if not rolled_out:
+            rows.append({"qid": s.qid, "pos": pos[j] if pos else j, "sample_id": int(s.sample_id),
+                         "question": q.question, "steps": list(s.steps),
+                         "correct": bool(s.correct), "hard": [], "soft": [], "raw_hard": [],
+                         "n_rollouts": [], "oracle": oracle or [], "n_rollout_rows": 0,
+                         "flips": [-1] * len(FLIPS), "rolled_out": False, "global_prompt": [],
+                         "global_target": [], "global_source": [], "local_prompt": [],
+                         "local_target": []})
+            continue
         lab = label_sample(list(s.steps), bool(s.correct), grouped.get(key, {}), cfg)
         hard_by_key[key] = lab.hard
-        oracle = _oracle(q, s)
         flips = [lab.flips[f] if f in lab.flips else -1 for f in FLIPS]  # -1: rule did not run
         rows.append({"qid": s.qid, "pos": pos[j] if pos else j, "sample_id": int(s.sample_id),
                      "question": q.question, "steps": list(s.steps), "correct": bool(s.correct),
                      "hard": lab.hard, "soft": lab.soft, "raw_hard": lab.raw_hard,
                      "n_rollouts": lab.n_rollouts, "oracle": oracle or [],
                      "n_rollout_rows": len(per_sample.get(key, [])), "flips": flips,
-                     "global_prompt": [], "global_target": [], "global_source": [],
-                     "local_prompt": [], "local_target": []})
+                     "rolled_out": True, "global_prompt": [], "global_target": [],
+                     "global_source": [], "local_prompt": [], "local_target": []})
     if rows:
         sols = correct_solutions(q, samples, rollouts, by_key, gold=cfg.gold_targets)
         glob = global_pairs(q, samples, sols, cfg.max_global_pairs_per_question, seed,
                             cfg.global_from_rollouts)
         loc = local_pairs(q, samples, hard_by_key, per_sample, sols,
-                          cfg.max_local_pairs_per_question, seed)
+                          cfg.max_local_pairs_per_question, seed) if rolled_out else []
         first = min(rows, key=lambda r: r["pos"])  # the question's pairs ride on its first sample
         first.update(global_prompt=[p["prompt"] for p in glob],
                      global_target=[p["target"] for p in glob],
@@ -123,7 +138,9 @@ def _oracle(q: Question, s: Sample) -> list[float] | None:
 
 
 def step_label_rows(row: dict) -> list[StepLabel]:
-    """The StepLabel rows of one LABELLED row."""
+    """The StepLabel rows of one LABELLED row (none for a sample that was not rolled out)."""
+    if not row["rolled_out"]:
+        return []
     orm = 1.0 if row["correct"] else 0.0
     oracle = row["oracle"]
     return [StepLabel(row["qid"], int(row["sample_id"]), i, orm, row["hard"][i], row["soft"][i],
@@ -132,9 +149,11 @@ def step_label_rows(row: dict) -> list[StepLabel]:
 
 
 def make_labels(questions: dict[str, Question], samples: list[Sample], rollouts: list[Rollout],
-                cfg: LabelConfig, log=print) -> tuple[list[StepLabel], dict, dict]:
-    """In memory (tests, small benchmarks): StepLabel rows for every sample in order, the label
-    quality report and the cleaning counts; the same ``label_question`` as the stage."""
+                cfg: LabelConfig, log=print, rolled_qids: set[str] | None = None,
+                ) -> tuple[list[StepLabel], dict, dict]:
+    """In memory (tests, small benchmarks): StepLabel rows for every rolled-out sample in order,
+    the label quality report and the cleaning counts; the same ``label_question`` as the stage.
+    ``rolled_qids``: the questions that got rollouts (None: all)."""
     unknown = sorted({s.qid for s in samples} - set(questions))
     if unknown:
         raise ValueError(f"samples for {len(unknown)} questions not in the train split, "
@@ -153,7 +172,7 @@ def make_labels(questions: dict[str, Question], samples: list[Sample], rollouts:
     labelled = []
     for qid, idx in by_q.items():
         labelled += label_question(questions[qid], [samples[i] for i in idx], roll_q.get(qid, []),
-                                   cfg, 0, idx)
+                                   cfg, 0, idx, rolled_qids is None or qid in rolled_qids)
     labelled.sort(key=lambda r: r["pos"])
     tally = _Tally()
     for row in labelled:
@@ -174,8 +193,10 @@ class _Tally:
         n = len(row["steps"])
         self.c.update(f"global_from_{src}" for src in row.get("global_source") or [])
         self.c.update(samples=1, steps=n, empty=int(n == 0), rollouts=row["n_rollout_rows"],
-                      right=int(row["correct"]), orm_pos=n * int(row["correct"]),
-                      sorm_pos=int(sum(row["hard"])))
+                      right=int(row["correct"]), orm_pos=n * int(row["correct"]))
+        if not row["rolled_out"]:
+            return  # no SORM labels; the quality report compares ORM and SORM on the same steps
+        self.c.update(sorm_samples=1, sorm_steps=n, sorm_pos=int(sum(row["hard"])))
         for name, v in zip(FLIPS, row["flips"]):
             if v >= 0:
                 self._ran.add(name)
@@ -228,7 +249,8 @@ def _read_part(batch: pa.Table, kind: str, keep_qids: list[str] | None = None) -
     return pa.concat_tables(tables) if tables else _MIXED.empty_table()
 
 
-def _label_group(group: pa.Table, label_cfg: dict, seed: int) -> pa.Table:
+def _label_group(group: pa.Table, label_cfg: dict, seed: int,
+                 rolled: list[str] | None = None) -> pa.Table:
     """map_groups: one qid's question, samples and rollouts -> its LABELLED rows."""
     cfg = LabelConfig(**label_cfg)
     rows = group.to_pylist()
@@ -247,7 +269,8 @@ def _label_group(group: pa.Table, label_cfg: dict, seed: int) -> pa.Table:
                       r["correct"], r["oracle_first_wrong"]) for r in ss]
     rollouts = [Rollout(r["qid"], r["sample_id"], r["step_idx"], r["k"], r["text"], r["correct"],
                         r["final_answer"] or "") for r in rows if r["kind"] == "r"]
-    out = label_question(q, samples, rollouts, cfg, seed, [r["pos"] for r in ss])
+    out = label_question(q, samples, rollouts, cfg, seed, [r["pos"] for r in ss],
+                         rolled is None or q.qid in set(rolled))
     return pa.Table.from_pylist(out, schema=LABELLED)
 
 
@@ -271,14 +294,18 @@ def labelled_dataset(cfg: RunConfig, paths):
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _read_part, fn_kwargs={"kind": kind, **kw}, batch_size=1, batch_format="pyarrow")
 
+    from glore_ray.stages.rollout import rolled_out_qids
+
     sampled = sorted(_column_values(Path(paths.samples), "qid"))
+    rolled = rolled_out_qids(cfg, paths)
     inputs = [d for d in (parts(paths.questions_train, "q", keep_qids=sampled),
                           parts(paths.samples, "s"),
                           parts(paths.rollouts, "r")) if d is not None]
     mixed = inputs[0].union(*inputs[1:])
     return mixed.groupby("qid", num_partitions=_partitions(paths)).map_groups(
         _label_group, batch_format="pyarrow",
-        fn_kwargs={"label_cfg": cfg.label.model_dump(), "seed": cfg.seed}).sort("pos")
+        fn_kwargs={"label_cfg": cfg.label.model_dump(), "seed": cfg.seed,
+                   "rolled": None if rolled is None else sorted(rolled)}).sort("pos")
 
 
 # ------------------------------------------------------------------ the stage
@@ -349,11 +376,14 @@ def write_outputs(labelled, cfg: RunConfig, paths, n_samples: int, log=_print) -
         # pass 1: what needs every row first: the held-out questions and the balancing counts
         qids: set[str] = set()
         balancer = build.Balancer(cfg.seed) if cfg.label.balance else None
-        for b in labelled.select_columns(["qid", "hard"]).iter_batches(batch_format="pyarrow"):
+        for b in labelled.select_columns(["qid", "hard", "rolled_out"]).iter_batches(
+                batch_format="pyarrow"):
             qids.update(b.column("qid").to_pylist())
             if balancer:
-                for hard in b.column("hard").to_pylist():
-                    balancer.count(hard)
+                for hard, rolled in zip(b.column("hard").to_pylist(),
+                                        b.column("rolled_out").to_pylist()):
+                    if rolled:
+                        balancer.count(hard)
         eval_qids = build.split_qids(qids, cfg.label.holdout_fraction, cfg.seed)
         writer = build.SetWriter(cfg, paths, eval_qids, balancer)
         # pass 2: step labels, orm and sorm rows, in sample order
@@ -379,11 +409,12 @@ def write_outputs(labelled, cfg: RunConfig, paths, n_samples: int, log=_print) -
     c = tally.c
     return {
         "n_samples": c["samples"], "n_rollouts": c["rollouts"], "n_steps": c["steps"],
+        "rolled_out_samples": c["sorm_samples"],  # the SORM's and local refiner's samples
         "empty_samples": c["empty"],  # completions with no step at all: wrong, in no reward set
         "sample_accuracy": c["right"] / c["samples"],
         "orm_positive_steps": float(c["orm_pos"]),
         "sorm_positive_steps": float(c["sorm_pos"]),
-        "sorm_negative_steps": float(c["steps"] - c["sorm_pos"]),
+        "sorm_negative_steps": float(c["sorm_steps"] - c["sorm_pos"]),
         "cleaning": tally.flips(), "sets": sets, "oracle_quality": tally.quality(),
         "global_pairs_by_source": {k: c[f"global_from_{k}"] for k in ("sample", "rollout", "gold")},
     }

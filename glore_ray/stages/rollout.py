@@ -189,6 +189,22 @@ class RolloutActor(_EngineActor):
                 for (s, i), comps in zip(jobs, outs) if comps is not None
                 for k, c in enumerate(comps)]
 
+    def _fitting_prefixes(self, s: dict) -> int:
+        """How many of a wrong sample's prefixes fit the context with ``max_tokens`` (prompts grow
+        with the prefix); the others are reported as skipped, as in exhaustive rollouts."""
+        from glore_ray.engines.context import fitting
+
+        idx = list(rolled_out(s["steps"]))
+        if s["correct"] or not idx:
+            return len(idx)
+        q = self.questions[s["qid"]][0]
+        ok = fitting(self.engine, [rollout_prompt(q, s["steps"], i) for i in idx],
+                     self.cfg.max_tokens)
+        n = next((j for j, f in enumerate(ok) if not f), len(idx))
+        if n < len(idx) and self.stats is not None:
+            self.stats.add.remote(skipped=[f"{s['qid']}/{s['sample_id']}/{i}" for i in idx[n:]])
+        return n
+
     def _budgeted(self, samples: list[dict]) -> list[dict]:
         from glore_ray.method import budgeted  # written alongside; imported only when asked for
 
@@ -210,7 +226,8 @@ class RolloutActor(_EngineActor):
 
         items = [{"qid": s["qid"], "sample_id": s["sample_id"],
                   "question": self.questions[s["qid"]][0], "answer": self.questions[s["qid"]][1],
-                  "steps": list(s["steps"]), "correct": bool(s["correct"])} for s in samples]
+                  "steps": list(s["steps"]), "correct": bool(s["correct"]),
+                  "probe_limit": self._fitting_prefixes(s)} for s in samples]
         rows = budgeted.search(items, generate, k=self.cfg.k_rollouts, chunk=self.cfg.budget_chunk)
         return [{**{f: r[f] for f in ("qid", "sample_id", "step_idx", "k", "text", "correct")},
                  "final_answer": r.get("final_answer", ""), "n_tokens": -1} for r in rows]
@@ -269,6 +286,22 @@ def _stats_actor():
 
 
 # ------------------------------------------------------------------ the stages
+
+def rolled_out_qids(cfg: RunConfig, paths) -> set[str] | None:
+    """The questions whose samples get step rollouts: the first ``rollout.rollout_questions`` of
+    the sampled ones (None: all). The rollout and label stages both ask here."""
+    r = cfg.rollout
+    if r.rollout_questions is None or (r.n_questions is not None
+                                       and r.rollout_questions >= r.n_questions):
+        return None
+    return {q.qid for q in read_rows(paths.questions_train, Question)[: r.rollout_questions]}
+
+
+def _only(batch: pa.Table, qids: list[str]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_in(batch.column("qid"), value_set=pa.array(qids, pa.string())))
+
 
 def _fault_from_env() -> dict | None:
     after, marker = (os.environ.get(k) for k in _FAULT_ENV)
@@ -404,7 +437,8 @@ def run_sample(cfg: RunConfig, paths, log=print) -> dict:
 
 
 def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
-    """Stage: ``k_rollouts`` graded continuations from every step prefix of every sample."""
+    """Stage: ``k_rollouts`` graded continuations from every step prefix of every sample (of the
+    ``rolled_out_qids`` questions)."""
     import ray
 
     from glore_ray.policy import policy_path
@@ -412,6 +446,9 @@ def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
 
     questions = {q.qid: (q.question, q.answer) for q in read_rows(paths.questions_train, Question)}
     steps_col = pq.read_table(str(paths.samples), columns=["qid", "steps"])
+    keep = rolled_out_qids(cfg, paths)
+    if keep is not None:
+        steps_col = _only(steps_col, sorted(keep))
     n_samples = steps_col.num_rows
     qids = set(steps_col.column("qid").to_pylist())
     if qids - questions.keys():
@@ -422,13 +459,17 @@ def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
     n_prefixes = sum(len(rolled_out(s)) for s in steps_col.column("steps").to_pylist())
     expected = None if r.budgeted else n_prefixes * r.k_rollouts
     init_ray()
-    log(f"[rollout] {n_samples} samples, {n_prefixes} step prefixes x {r.k_rollouts} rollouts"
+    subset = "" if keep is None else f" (of the first {len(keep)} questions)"
+    log(f"[rollout] {n_samples} samples{subset}, {n_prefixes} step prefixes x {r.k_rollouts} "
+        f"rollouts"
         f"{' (budgeted search)' if r.budgeted else ''}, engine {r.engine}, "
         f"pool {r.min_actors}..{r.max_actors} actors, batch {r.batch_size} samples")
     t0 = time.time()
     stats = _stats_actor()
     ds = ray.data.read_parquet(str(paths.samples)).select_columns(
         ["qid", "sample_id", "steps", "correct"])
+    if keep is not None:
+        ds = ds.map_batches(_only, fn_kwargs={"qids": sorted(keep)}, batch_format="pyarrow")
     ds = ds.repartition(_blocks(n_samples, r.batch_size))
     ds = _map_generate(ds, RolloutActor, cfg, policy_path(cfg, paths), stats, questions=questions)
     n = _write(ds, paths.rollouts, None if expected is None else

@@ -128,6 +128,14 @@ def test_probes_stop_at_first_success_and_negatives_use_k():
     assert all(v <= m[key] for key, v in probed.items())
 
 
+def test_prefixes_past_the_probe_limit_are_never_probed():
+    """A prefix over the context (``probe_limit``) is left to the label stage's inference."""
+    items = [dict(it, probe_limit=1) for it in world_items(4)]
+    rows = search(items, OraclePolicy(items), k=4, chunk=2)
+    assert rows and all(r["step_idx"] == 0 for r in rows)
+    assert not search([dict(it, probe_limit=0) for it in items], OraclePolicy(items), k=4, chunk=2)
+
+
 def test_rows_are_rollout_shaped_and_graded_on_prefix_plus_continuation():
     items = world_items(3)
     rows = search(items, OraclePolicy(items), k=4, chunk=2)

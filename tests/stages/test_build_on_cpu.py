@@ -200,3 +200,45 @@ def test_an_empty_completion_is_a_wrong_sample_with_no_steps():
     assert tally.c["empty"] == 1 and tally.c["samples"] == len(samples) + 1
     first = min(rows, key=lambda r: r["pos"])
     assert prompts.global_prompt(Q.question, "") in first["global_prompt"]
+
+
+def test_a_question_outside_the_rollout_subset_feeds_the_orm_and_global_refiner_only(tmp_path):
+    """rollout.rollout_questions: a question without rollouts keeps its ORM rows and global pairs;
+    it has no SORM labels, no local pairs, no step-label rows; a stray rollout for it is an error."""
+    import pytest
+
+    from glore_ray.config import LabelConfig
+    from glore_ray.stages import label
+
+    samples, rolls = _world()
+    full = label.label_question(Q, samples, rolls, LabelConfig(), seed=0)
+    bare = label.label_question(Q, samples, [], LabelConfig(), seed=0, rolled_out=False)
+    assert all(r["rolled_out"] for r in full) and not any(r["rolled_out"] for r in bare)
+    assert [r["hard"] for r in bare] == [[]] * len(samples)
+    assert all(label.step_label_rows(r) == [] for r in bare)
+    first = min(bare, key=lambda r: r["pos"])
+    assert first["global_prompt"] and not first["local_prompt"]
+    assert min(full, key=lambda r: r["pos"])["local_prompt"]
+    with pytest.raises(ValueError, match="rollout_questions"):
+        label.label_question(Q, samples, rolls, LabelConfig(), seed=0, rolled_out=False)
+    # the sets: every sample in orm, only rolled-out ones in sorm
+    from types import SimpleNamespace
+
+    from glore_ray.config import RunConfig
+    from glore_ray.stages.build import SetWriter
+
+    cfg = RunConfig.model_validate({"name": "t", "label": {"balance": False}})
+    paths = SimpleNamespace(training_set=lambda w: tmp_path / w)
+    writer = SetWriter(cfg, paths, set(), None)
+    q2 = [dict(r, qid="q2") for r in bare]
+    writer.add_samples(full + q2)
+    sets = writer.close()
+    assert sets["orm"]["train"] == 2 * len(samples)
+    assert sets["sorm"]["train"] == len(samples)
+    assert set(pq.read_table(tmp_path / "sorm" / "train.parquet").column("qid").to_pylist()) == {
+        "q1"}
+    # the tally compares ORM and SORM on the same (rolled-out) steps
+    tally = label._Tally()
+    for r in full + q2:
+        tally.add(r)
+    assert tally.c["samples"] == 2 * len(samples) and tally.c["sorm_samples"] == len(samples)

@@ -225,3 +225,45 @@ def test_label_stage_names_inconsistent_rollouts_in_one_line(tmp_path, smoke_con
     assert type(e.value) is ValueError and "rerun the rollout stage" in str(e.value)
     assert "\n" not in str(e.value)
     assert not (paths.training_set("orm") / "train.parquet").exists()
+
+
+def test_label_stage_with_a_rollout_subset(tmp_path, smoke_config_path):
+    """rollout.rollout_questions: every sample reaches the ORM set and global pairs; only the
+    rolled-out questions reach the step labels, the SORM set and the local pairs (the stage
+    equals labelling in memory with the same subset)."""
+    from glore_ray.data import questions as qstage
+    from glore_ray.pipeline import RunPaths
+    from glore_ray.records import StepLabel, read_rows, write_rows
+    from glore_ray.stages import label
+    from glore_ray.stages.rollout import rolled_out_qids
+
+    cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=60",
+                                          "data.dependency.n_test=5", "rollout.n_questions=12",
+                                          "rollout.rollout_questions=4"])
+    paths = RunPaths(cfg)
+    qstage.run(cfg, paths, log=lambda m: None)
+    samples, rollouts = _world_rows(cfg, n_q=12)
+    rolled = rolled_out_qids(cfg, paths)
+    assert len(rolled) == 4 and rolled < {s.qid for s in samples}
+    rollouts = [r for r in rollouts if r.qid in rolled]
+    write_rows(paths.samples, samples, Sample)
+    write_rows(paths.rollouts, rollouts, Rollout)
+    summary = label.run(cfg, paths, log=lambda m: None)
+
+    questions = {q.qid: q for q in qstage.read(paths, "train")}
+    expected, _, _ = make_labels(questions, samples, rollouts, cfg.label, rolled_qids=rolled)
+    assert read_rows(paths.labels, StepLabel) == expected
+    assert {r.qid for r in expected} == rolled
+    assert summary["rolled_out_samples"] == sum(s.qid in rolled for s in samples)
+
+    def qids(which):
+        return {r["qid"] for split in ("train", "eval") for r in pq.read_table(
+            paths.training_set(which) / f"{split}.parquet").to_pylist()}
+
+    assert qids("orm") == {s.qid for s in samples}
+    assert qids("sorm") <= rolled and qids("local") and qids("local") <= rolled
+    assert qids("global") - rolled  # the global refiner learns from every question
+    # a subset that covers every sampled question is no subset
+    assert rolled_out_qids(load_config(smoke_config_path, [
+        f"output_dir={tmp_path}", "rollout.n_questions=12", "rollout.rollout_questions=12"]),
+        paths) is None
