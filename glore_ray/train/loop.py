@@ -304,10 +304,24 @@ def peak_mem_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Rows per length-sorting window (in batches): wide enough that a batch's rows are close in length,
+# narrow enough that an epoch still mixes short and long batches.
+LENGTH_WINDOW = 32
+
+
 def _batches(n_rows: int, batch_size: int, n_batches: int, seed: int,
-             groups: Sequence[int] | None = None) -> list[list[int]]:
+             groups: Sequence[int] | None = None, lengths: Sequence[int] | None = None,
+             order_seed: int = 0) -> list[list[int]]:
     """Shuffled micro-batches; with ``groups`` (one id per row), rows of a group stay adjacent
-    (groups shuffled, then cut into batches), so a batch holds whole questions to rank within."""
+    (groups shuffled, then cut into batches), so a batch holds whole questions to rank within.
+
+    Else, with ``lengths``, batches are length-grouped: the shuffled rows that fill the epoch's
+    batches are sorted by length within windows of ``LENGTH_WINDOW`` batches, cut, and each window's
+    batches put in an order drawn from ``order_seed`` alone. The ranks share that seed, so at any
+    step every rank holds the batch of the same length rank in its window (no rank waits for
+    another's longer batch), while each rank's rows stay its own. Measured on the embedded
+    default's ORM set (8,640 rows of 153 tokens on average, batches of 16): random batches hold
+    1.79x their real tokens once padded, length-grouped ones 1.03x."""
     rng = random.Random(seed)
     idx = list(range(n_rows))
     rng.shuffle(idx)
@@ -318,6 +332,17 @@ def _batches(n_rows: int, batch_size: int, n_batches: int, seed: int,
         order = list(by.values())
         rng.shuffle(order)
         idx = [i for g in order for i in g]
+    elif lengths is not None and n_batches * batch_size <= n_rows:
+        idx = idx[: n_batches * batch_size]
+        window = LENGTH_WINDOW * batch_size
+        out: list[list[int]] = []
+        order_rng = random.Random(order_seed)
+        for w in range(0, len(idx), window):
+            rows = sorted(idx[w : w + window], key=lambda i: lengths[i])
+            cut = [rows[j : j + batch_size] for j in range(0, len(rows), batch_size)]
+            order_rng.shuffle(cut)
+            out += cut
+        return out
     return [idx[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
 
 
@@ -396,7 +421,8 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
         epoch = step // steps_per_epoch
         batches = _batches(len(train_ex), spec.batch_size, steps_per_epoch * spec.grad_accum,
                            spec.seed * 1009 + epoch * 31 + rank,
-                           [e["group"] for e in train_ex] if spec.rank_weight > 0 else None)
+                           [e["group"] for e in train_ex] if spec.rank_weight > 0 else None,
+                           [len(e["ids"]) for e in train_ex], spec.seed * 1009 + epoch * 31)
         fwd.train()
         # resume lands on the exact micro-batch: the order is a function of (seed, epoch, rank)
         for b in range((step % steps_per_epoch) * spec.grad_accum, len(batches)):

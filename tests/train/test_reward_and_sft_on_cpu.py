@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import math
 
 import pytest
@@ -183,6 +185,35 @@ def test_grouped_batches_keep_a_questions_rows_together():
     assert _batches(32, 8, 4, seed=3, groups=groups) == batches  # a function of the seed (resume)
     plain = _batches(32, 8, 4, seed=3)
     assert any(len({groups[i] for i in b}) > 2 for b in plain)
+
+
+def test_length_grouped_batches_cut_padding_and_keep_ranks_in_step():
+    """Same rows as plain batches, far less padding, and two ranks (own rows and seeds, one
+    order seed) hold batches of the same length rank at every step."""
+    from glore_ray.train.loop import LENGTH_WINDOW, _batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(40, 300) for _ in range(1000)]
+    plain = _batches(1000, 16, 60, seed=1)
+    grouped = _batches(1000, 16, 60, seed=1, lengths=lengths, order_seed=9)
+    assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)
+    assert all(len(b) == 16 for b in grouped) and len(grouped) == 60
+
+    def padded(bs):
+        return sum(max(lengths[i] for i in b) * len(b) for b in bs) / sum(
+            lengths[i] for b in bs for i in b)
+
+    assert padded(grouped) < 1.1 < 1.4 < padded(plain)
+    assert _batches(1000, 16, 60, seed=1, lengths=lengths, order_seed=9) == grouped  # resume
+    other = _batches(1000, 16, 60, seed=2, lengths=lengths, order_seed=9)  # rank 1: own rows
+    assert other != grouped
+    rank_of = lambda bs: [sorted(range(len(w)), key=lambda j: max(lengths[i] for i in w[j]))  # noqa: E731
+                          for w in (bs[k : k + LENGTH_WINDOW] for k in range(0, 60, LENGTH_WINDOW))]
+    assert rank_of(grouped) == rank_of(other)
+    # ranking batches keep whole questions (groups win over lengths)
+    groups = [i // 4 for i in range(32)]
+    assert _batches(32, 8, 4, seed=3, groups=groups, lengths=[1] * 32) == _batches(
+        32, 8, 4, seed=3, groups=groups)
 
 
 def test_reward_rows_carry_question_and_outcome(word_tok):
