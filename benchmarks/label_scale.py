@@ -61,7 +61,8 @@ def make_question(rng: random.Random, qid: str) -> tuple[dict, list[tuple[int, s
     text, chain = [f"{name} has {value} {obj}."], []
     for _ in range(rng.randint(2, 6)):
         op = rng.choice(("+-*" if value < 300 else "+-") if value > 3 else "+*")
-        b = rng.randint(2, 3) if op == "*" else rng.randint(2, min(99, value - 1) if op == "-" else 99)
+        b = (rng.randint(2, 3) if op == "*"
+             else rng.randint(2, min(99, value - 1) if op == "-" else 99))
         c = APPLY[op](value, b)
         text.append(PHRASE[op].format(P=name, b=b, o=obj))
         chain.append((value, op, b, c))
@@ -278,7 +279,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "label_scale.json"))
     args = ap.parse_args()
 
-    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="label-scale-", dir="/tmp"))
+    base = (Path(args.keep) if args.keep
+            else Path(tempfile.mkdtemp(prefix="label-scale-", dir="/tmp")))
     name = "bench"
     try:
         t0 = time.perf_counter()
@@ -322,7 +324,8 @@ def main() -> None:
                                                   "sorm_positive_steps", "sorm_negative_steps")},
         "sorm_vs_oracle": summary.get("oracle_quality", {}).get("sorm"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join([Path(sys.executable).name, "benchmarks/label_scale.py", *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/label_scale.py",
+                             *sys.argv[1:]]),
         "pythonpath": os.environ.get("PYTHONPATH"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,12 @@
         [--k-samples 4] [--out benchmarks/results/labelling.json] [key=value ...]
 
 One real engine (``rollout.engine``: vLLM when importable, else HF) inside the rollout stage's own
-actor class (``glore_ray.stages.rollout.RolloutActor``, used in-process: the same code the Ray Data pool
-runs, without the pool): it writes ``k_samples`` samples per question, then labels the same samples
-twice, batch by batch as the stage does — every prefix × ``k_rollouts`` (exhaustive) and the binary
-search of ``glore_ray.method.budgeted`` (budgeted) — and compares rollouts per labelled sample and step
-label agreement (after the same cleaning), plus both label sets against the synthetic oracle.
+actor class (``glore_ray.stages.rollout.RolloutActor``, used in-process: the same code the Ray Data
+pool runs, without the pool): it writes ``k_samples`` samples per question, then labels the same
+samples twice, batch by batch as the stage does — every prefix × ``k_rollouts`` (exhaustive) and
+the binary search of ``glore_ray.method.budgeted`` (budgeted) — and compares rollouts per labelled
+sample and step label agreement (after the same cleaning), plus both label sets against the
+synthetic oracle.
 Goal: >= 3x fewer rollouts at >= 97% agreement.
 """
 
@@ -44,14 +45,14 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
-    from glore_ray.method import budgeted
     from glore_ray.config import LabelConfig, load_config
     from glore_ray.data.questions import load
-    from glore_ray.stages.label import make_labels
+    from glore_ray.method import budgeted
     from glore_ray.policy import ASSETS, recipe_hash
-    from glore_ray.records import Rollout, Sample
-    from glore_ray.stages.rollout import RolloutActor, grade_sample, request_seed
     from glore_ray.prompts import policy_prompt
+    from glore_ray.records import Rollout, Sample
+    from glore_ray.stages.label import make_labels
+    from glore_ray.stages.rollout import RolloutActor, grade_sample, request_seed
 
     cfg = load_config(args.config, args.overrides)
     model = cfg.policy.model or str(ASSETS / recipe_hash(cfg))
@@ -86,7 +87,8 @@ def main() -> None:
         for name, lc in (("default", cfg.label),
                          ("monotone_only", LabelConfig(intermediate_check=False)),
                          ("raw", LabelConfig(monotone=False, intermediate_check=False))):
-            labels[mode][name], quality, _ = make_labels(qmap, samples, rolls, lc, log=lambda m: None)
+            labels[mode][name], quality, _ = make_labels(qmap, samples, rolls, lc,
+                                                         log=lambda m: None)
             if name == "default":
                 oracle = quality
         results[mode] = {"rollouts": len(rolls),

@@ -62,7 +62,8 @@ def local_pairs(questions, drafts) -> list[tuple[str, str]]:
 
 
 def schedule(steps: int, warmup_steps: int):
-    """The pipeline's learning-rate shape (``train/loop.lr_lambda``: linear warm-up, cosine), to 0."""
+    """The pipeline's learning-rate shape (``train/loop.lr_lambda``: linear warm-up, cosine),
+    to 0."""
     from glore_ray.train.loop import LoopSpec, lr_lambda
 
     return lr_lambda(steps, LoopSpec(name="benchmark", kind="reward", policy="",
@@ -185,8 +186,10 @@ def main() -> None:
 
 
 def write_result(out: dict, args, script: str, t0: float) -> None:
-    """Stamp the seconds, machine and command line on a result, write it to ``args.out``, print it."""
-    out.update(seconds=round(time.time() - t0, 1), machine=platform.processor() or platform.machine(),
+    """Stamp the seconds, machine and command line on a result, write it to ``args.out``,
+    print it."""
+    out.update(seconds=round(time.time() - t0, 1),
+               machine=platform.processor() or platform.machine(),
                command=script + " " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                for k, v in vars(args).items() if k != "out"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

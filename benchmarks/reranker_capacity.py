@@ -56,7 +56,8 @@ def oracle_reward_rows(questions, drafts) -> list[dict]:
 
 
 def train_reward(policy: str, rows: list[dict], epochs: float, lr: float, folder: Path) -> dict:
-    """The reward recipe (AdamW, 10% warm-up then cosine, batch 32, BCE on step ends), in-process."""
+    """The reward recipe (AdamW, 10% warm-up then cosine, batch 32, BCE on step ends),
+    in-process."""
     from transformers import AutoTokenizer
 
     from glore_ray.train import reward as rw
@@ -146,7 +147,8 @@ def line_verifier(tok, layers: int, hidden: int, steps: int, real: list[tuple[st
         wins = sum(int(s[0] > s[1]) for s in (logits([r, w]) for r, w in real))
     return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "steps": steps, "batch": 64, "new_line_accuracy": round(acc.float().mean().item(), 4),
-            "right_above_policy_error": round(wins / max(1, len(real)), 4), "policy_errors": len(real),
+            "right_above_policy_error": round(wins / max(1, len(real)), 4),
+            "policy_errors": len(real),
             "seconds": round(time.time() - t0, 1)}
 
 
@@ -158,7 +160,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--shapes", default="4x128", help="comma-separated LAYERSxHIDDEN")
     ap.add_argument("--verifier-steps", type=int, default=2000)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "reranker_capacity.json"))
+    ap.add_argument("--out",
+                    default=str(REPO / "benchmarks" / "results" / "reranker_capacity.json"))
     a = ap.parse_args()
     torch.set_num_threads(2)
 

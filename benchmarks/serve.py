@@ -98,11 +98,11 @@ def main() -> int:
 
     import ray
     from ray import serve
+    from serve_helpers import free_port, make_smoke_models
 
     from glore_ray.config import load_config
     from glore_ray.ray_env import init_ray
     from glore_ray.serve.app import build_app, model_paths_for, start
-    from serve_helpers import free_port, make_smoke_models
 
     overrides = ["serve.host=127.0.0.1", f"serve.port={free_port()}",
                  f"serve.max_new_tokens={args.max_tokens}", f"serve.engine={args.engine}"]

@@ -84,9 +84,9 @@ def main() -> int:
     import ray
 
     from glore_ray.ray_env import init_ray
+    from glore_ray.stages.train import write_synthetic_sets
     from glore_ray.train.loop import LoopSpec
     from glore_ray.train.ray_trainer import fit
-    from glore_ray.stages.train import write_synthetic_sets
 
     work = Path(tempfile.mkdtemp(prefix="glore-bench-train-"))
     n_params = make_policy(work / "policy", args.hidden, args.layers, args.intermediate)

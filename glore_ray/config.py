@@ -272,6 +272,9 @@ class TrainConfig(_Strict):
     log_every: int = knob(0, ge=0)  # progress/metrics report every N steps (0 = ~10 per model)
     orm: ModelTrainConfig = ModelTrainConfig()
     sorm: ModelTrainConfig = ModelTrainConfig()
+    # Start the SORM from the trained ORM instead of the policy (the paper starts both from the
+    # student): the ORM learns from every sample, the SORM only from the rolled-out subset.
+    sorm_from_orm: bool = False
     global_refiner: ModelTrainConfig = ModelTrainConfig()
     local_refiner: ModelTrainConfig = ModelTrainConfig()
 

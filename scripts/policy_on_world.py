@@ -3,7 +3,7 @@ kinds and the binding-type share (and pass@k with --pass-k). For a policy traine
 world than it is used on (docs/worlds.md).
 
     .venv/bin/python scripts/policy_on_world.py glore_ray/assets/policies/c1374c9f39e0526c \
-        configs/symbolic.yaml data.dependency.min_distractors=4 --pass-k 8
+        configs/embedded.yaml data.dependency.min_distractors=4 --pass-k 8
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Train the tiny policy of a generated world and ship the checkpoint in the package.
 
-    .venv/bin/python scripts/ship_policy.py configs/arithmetic.yaml             # the config's recipe
-    .venv/bin/python scripts/ship_policy.py configs/embedded.yaml --select      # choose policy.stop_at
+    .venv/bin/python scripts/ship_policy.py configs/arithmetic.yaml         # the config's recipe
+    .venv/bin/python scripts/ship_policy.py configs/embedded.yaml --select  # choose policy.stop_at
 
 ``--select`` trains the whole ``policy.steps`` schedule and evaluates a snapshot every
 ``policy.snapshot_every`` steps on *validation* questions (a separate stream of train-distribution
@@ -114,8 +114,10 @@ def _load(folder: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not folder.is_dir():
-        raise SystemExit(f"--full ships the chosen snapshot: pass --snapshots to keep {folder.name}")
-    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+        raise SystemExit("--full ships the chosen snapshot: "
+                         f"pass --snapshots to keep {folder.name}")
+    return (AutoModelForCausalLM.from_pretrained(folder).eval(),
+            AutoTokenizer.from_pretrained(folder))
 
 
 if __name__ == "__main__":

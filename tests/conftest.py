@@ -18,11 +18,14 @@ def smoke_config_path() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_policy() -> Path:
-    """The shipped tiny Llama policy for seed 0 (an HF folder: config, weights, tokenizer)."""
+    """The smoke config's shipped tiny Llama policy (an HF folder: config, weights, tokenizer)."""
     from glore_ray.config import load_config
+    from glore_ray.hub import resolve_model
     from glore_ray.policy import ASSETS, recipe_hash
 
-    path = ASSETS / recipe_hash(load_config(REPO / "configs" / "smoke.yaml"))
+    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    path = Path(resolve_model(cfg.policy.model)) if cfg.policy.model else (
+        ASSETS / recipe_hash(cfg))
     assert (path / "config.json").exists(), f"shipped policy missing at {path}"
     return path
 

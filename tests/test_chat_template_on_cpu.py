@@ -9,7 +9,6 @@ import pytest
 from glore_ray import prompts
 from glore_ray.hub import smollm2_folder
 
-
 QUESTION = "Weng earns $12 an hour. She worked 50 minutes. How much did she earn?"
 STEPS = ["Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.",
          "Working 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.", "#### 10"]

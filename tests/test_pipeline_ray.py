@@ -53,7 +53,8 @@ def test_every_stage_ran_and_the_report_has_its_structure(smoke_run):
                                     "glore_when", "global_oracle_when", "local_oracle_when",
                                     "glore_oracle_when", "glore_oracle_rerank"}
     # the ceiling is never below what the ORM picks from the same three candidates
-    assert m["refinement"]["glore_oracle_rerank"]["accuracy"] >= m["refinement"]["glore"]["accuracy"]
+    assert (m["refinement"]["glore_oracle_rerank"]["accuracy"]
+            >= m["refinement"]["glore"]["accuracy"])
     for rm in ("orm", "sorm"):
         assert set(m["reward_models"]["within_question"][rm]) == {"pairwise_accuracy", "n_pairs"}
     for v in m["refinement"].values():

@@ -21,12 +21,13 @@ def test_checkpoint_is_a_plain_hf_folder(tiny_policy):
     assert model.config.model_type == "llama"
     n = sum(p.numel() for p in model.parameters())
     assert 0.5e6 < n < 5e6
-    text = ("Question: figs are 4. pears are figs plus 3. How many pears are there?\nAnswer:\n"
-            "figs = 4\npears = figs + 3 = 4 + 3 = 7\n#### 7")
+    text = ("Question: B = A + 3 . A = 4 . what is B ?\nAnswer:\n"
+            "A = 4\nB = A + 3 = 4 + 3 = 7\n#### 7")  # the symbolic world's format
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
 
 
-@pytest.mark.parametrize("config, run_seed", [("embedded", 0), ("embedded", 1), ("dependency", 0)])
+@pytest.mark.parametrize("config, run_seed",
+                         [("arithmetic", 0), ("arithmetic", 1), ("dependency", 0)])
 def test_shipped_policy_is_in_the_regime(config, run_seed):
     """Runs with different seeds share the base policy (policy.seed and the world's seed).
     Greedy accuracy is re-measured on the test split; pass@8 is the shipped record's."""
@@ -46,7 +47,8 @@ def test_shipped_policy_is_in_the_regime(config, run_seed):
         assert m["intermediate_error_share"] >= 0.6, m  # wrong mostly before the answer line
     else:  # chosen in the paper's regime on validation questions; errors not of arithmetic
         val = recorded["validation"]
-        assert 0.40 <= val["greedy_accuracy"] <= 0.60 and val["pass@8"] >= val["greedy_accuracy"] + 0.15
+        assert (0.40 <= val["greedy_accuracy"] <= 0.60
+                and val["pass@8"] >= val["greedy_accuracy"] + 0.15)
         assert 0.33 <= m["greedy_accuracy"] <= 0.60, m  # test split: 37.0% when shipped
         assert recorded["pass@8"] >= m["greedy_accuracy"] + 0.15, recorded
         wrong = m["n"] - round(m["greedy_accuracy"] * m["n"])
@@ -69,7 +71,7 @@ def test_recipe_hash_ignores_bookkeeping_but_not_the_recipe():
     # the arithmetic world's hash ignores the dependency section, and stop_at=None hashes as
     # before stop_at existed (the shipped arithmetic checkpoint keeps its folder)
     assert recipe_hash(a) == recipe_hash(load_config(None, ["data.dependency.seed=1"]))
-    assert recipe_hash(load_config(REPO / "configs/embedded.yaml")) == "0b4cbee13a1c528a"
+    assert recipe_hash(load_config(REPO / "configs/arithmetic.yaml")) == "0b4cbee13a1c528a"
     assert recipe_hash(a) == recipe_hash(load_config(None, ["policy.init_from=null"]))
     assert recipe_hash(a) != recipe_hash(load_config(None, ["policy.init_from=0b4cbee13a1c528a"]))
 
@@ -82,9 +84,10 @@ def test_init_from_continues_a_shipped_policy_and_refuses_a_mismatch():
 
     from glore_ray.policy import train_policy
 
-    cfg = load_config(REPO / "configs/symbolic.yaml",
+    cfg = load_config(REPO / "configs/embedded.yaml",
                       ["policy.model=null", "policy.init_from=5d0b919c0d5a1f60", "policy.steps=1",
-                       "policy.lr=1e-9", "policy.min_lr=0", "policy.warmup_steps=0", "policy.batch_size=2",
+                       "policy.lr=1e-9", "policy.min_lr=0", "policy.warmup_steps=0",
+                       "policy.batch_size=2",
                        "data.dependency.n_train=20"])
     train, _ = worlds.generate(cfg.data)
     model, _ = train_policy(cfg, train[:20], log=lambda m: None)
@@ -92,7 +95,7 @@ def test_init_from_continues_a_shipped_policy_and_refuses_a_mismatch():
     for (name, a), b in zip(model.named_parameters(), shipped.parameters()):
         assert torch.allclose(a, b, atol=1e-5), name
     with pytest.raises(FileNotFoundError, match="no shipped policy with that hash"):
-        train_policy(load_config(REPO / "configs/symbolic.yaml", ["policy.model=null",
+        train_policy(load_config(REPO / "configs/embedded.yaml", ["policy.model=null",
                                                                 "policy.init_from=abcdef0123456789"]),
                      train[:20], log=lambda m: None)
     with pytest.raises(ValueError, match="vocabulary is not this world's"):

@@ -39,7 +39,8 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     summary: dict = {"max_len": {}}
     t0 = time.time()
     for i, which in enumerate(MODELS):
-        spec = spec_from_config(cfg, which, policy)
+        start = str(paths.model("orm")) if which == "sorm" and t.sorm_from_orm else policy
+        spec = spec_from_config(cfg, which, start)
         spec = dataclasses.replace(spec, max_len=_max_len(spec, paths.training_set(which),
                                                           t.max_len, log))
         summary["max_len"][which] = spec.max_len

@@ -22,8 +22,8 @@ ORACLE = json.dumps({"world": "dependency", "target": "pears",
                                     "plums": ["sum", ["figs", "limes"], None, 6],
                                     "pears": ["add", ["plums"], 3, 9],
                                     "kiwis": ["mul", ["pears"], None, 18]}})
-GOLD = ["figs = 4", "limes = 2", "plums = figs + limes = 4 + 2 = 6", "pears = plums + 3 = 6 + 3 = 9",
-        "#### 9"]
+GOLD = ["figs = 4", "limes = 2", "plums = figs + limes = 4 + 2 = 6",
+        "pears = plums + 3 = 6 + 3 = 9", "#### 9"]
 
 
 def wrong(lines: list[str]) -> tuple[int, str]:

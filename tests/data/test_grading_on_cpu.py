@@ -301,7 +301,8 @@ def test_agreement_with_openai_labels(gsm8k_dir: Path) -> None:
         f"({len(rows) - len(mismatches)}/{len(rows)}; {n_true} labelled correct)"
     )
     for r in mismatches[:10]:
-        print(f"  MISMATCH label={r['is_correct']} gold={r['gold_answer']}: {r['solution'][-120:]!r}")
+        print(f"  MISMATCH label={r['is_correct']} gold={r['gold_answer']}: "
+              f"{r['solution'][-120:]!r}")
     assert agreement >= 0.995
 
 

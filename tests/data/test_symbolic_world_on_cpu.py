@@ -1,6 +1,6 @@
-"""The dependency world's symbolic style (the format a 0.9M policy learns binding in): problems grown
-back from the target, clauses in the solution line's own syntax, a whitespace tokenizer whose ids
-are one per name wherever it stands and whose decoding gives the text back."""
+"""The dependency world's symbolic style (the format a 0.9M policy learns binding in): problems
+grown back from the target, clauses in the solution line's own syntax, a whitespace tokenizer whose
+ids are one per name wherever it stands and whose decoding gives the text back."""
 
 from __future__ import annotations
 

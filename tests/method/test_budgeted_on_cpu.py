@@ -7,12 +7,13 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from glore_ray.method.budgeted import search
-from glore_ray.method.prefixes import n_prefixes
 from glore_ray.config import LabelConfig, SyntheticConfig
 from glore_ray.data.grading import is_correct
-from glore_ray.data.synthetic import first_wrong_step, generate as make_world
+from glore_ray.data.synthetic import first_wrong_step
+from glore_ray.data.synthetic import generate as make_world
+from glore_ray.method.budgeted import search
 from glore_ray.method.labels import label_sample
+from glore_ray.method.prefixes import n_prefixes
 from glore_ray.prompts import prefix_text, rollout_prompt
 from glore_ray.records import Rollout
 

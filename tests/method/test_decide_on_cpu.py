@@ -1,8 +1,7 @@
 """method/decide: *when*, *where*, rerank and the first-negative rule, on hand-made scores."""
 
 from glore_ray.config import ServeConfig
-from glore_ray.method.decide import (MODES, first_below, locate, orm_score, rerank,
-                                     should_refine)
+from glore_ray.method.decide import MODES, first_below, locate, orm_score, rerank, should_refine
 from glore_ray.method.prefixes import n_prefixes, rolled_out
 
 

@@ -4,10 +4,10 @@ make_labels (the in-memory path of the label stage)."""
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from glore_ray.config import LabelConfig
-from glore_ray.stages.label import make_labels
 from glore_ray.method.labels import (
     infer_unprobed,
     label_quality,
@@ -17,6 +17,7 @@ from glore_ray.method.labels import (
     step_result,
 )
 from glore_ray.records import Question, Rollout, Sample
+from glore_ray.stages.label import make_labels
 
 OFF = LabelConfig(monotone=False, intermediate_check=False, balance=False)
 STEPS = ["23 + 45 = 68", "68 - 12 = 56", "56 * 2 = 112", "#### 112"]

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import requests
-
 from serve_helpers import policy_dir, start_service
 
 Q = "Ava has 12 apples. She buys 7 more apples. How many apples does Ava have now?"

@@ -43,7 +43,8 @@ def test_a_configured_key_that_is_unset_refuses_to_start(monkeypatch):
 def test_the_key_check_handles_odd_headers():
     client = _client(api_key="s3cret")
     for headers in ({"Authorization": "Bearer s3cre"}, {"Authorization": "Bearer s3cret2"},
-                    {"Authorization": "Basic s3cret"}, {"X-API-Key": "\xe9s3cret".encode("latin-1")}, {}):
+                    {"Authorization": "Basic s3cret"},
+                    {"X-API-Key": "\xe9s3cret".encode("latin-1")}, {}):
         r = client.post("/solve", json={}, headers=headers)
         assert r.status_code == 401, headers
     assert client.post("/solve", json={"a": 1}, headers={"X-API-Key": "s3cret"}).json() == {"ok": 1}

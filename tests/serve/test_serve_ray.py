@@ -7,7 +7,6 @@ import concurrent.futures as cf
 
 import pytest
 import requests
-
 from serve_helpers import policy_dir, start_service
 
 pytestmark = pytest.mark.ray
@@ -120,7 +119,8 @@ def test_openai_client(service):
         model="glore-draft", messages=[{"role": "user", "content": QUESTION}])
     assert draft.model_extra["glore"]["mode"] == "draft"
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="glore", messages=[{"role": "user", "content": QUESTION}],
+        client.chat.completions.create(model="glore",
+                                       messages=[{"role": "user", "content": QUESTION}],
                                        stream=True)
 
 

@@ -7,10 +7,10 @@ from collections import Counter
 import pyarrow.parquet as pq
 
 from glore_ray import prompts
-from glore_ray.stages.build import SCHEMAS, orm_row, split_qids, trl_row, write_set
 from glore_ray.method.balance import balance
 from glore_ray.method.pairs import correct_solutions, global_pairs, local_pairs
 from glore_ray.records import Question, Rollout, Sample
+from glore_ray.stages.build import SCHEMAS, orm_row, split_qids, trl_row, write_set
 
 Q = Question("q1", "Mia has 23 shells. She finds 45 more. She gives away 12. How many?", "56",
              "23 + 45 = 68\n68 - 12 = 56\n#### 56")
@@ -204,7 +204,8 @@ def test_an_empty_completion_is_a_wrong_sample_with_no_steps():
 
 def test_a_question_outside_the_rollout_subset_feeds_the_orm_and_global_refiner_only(tmp_path):
     """rollout.rollout_questions: a question without rollouts keeps its ORM rows and global pairs;
-    it has no SORM labels, no local pairs, no step-label rows; a stray rollout for it is an error."""
+    it has no SORM labels, no local pairs, no step-label rows; a stray rollout for it is an
+    error."""
     import pytest
 
     from glore_ray.config import LabelConfig

@@ -46,10 +46,10 @@ def _world_rows(cfg, n_q: int = 6):
 def test_label_stage_builds_all_four_sets(tmp_path, smoke_config_path):
     import datasets
 
-    from glore_ray.stages import label
     from glore_ray.data import questions as qstage
     from glore_ray.pipeline import RunPaths
     from glore_ray.records import StepLabel, read_rows, write_rows
+    from glore_ray.stages import label
 
     cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=40",
                                           "data.dependency.n_test=5"])
@@ -88,10 +88,10 @@ def test_label_stage_builds_all_four_sets(tmp_path, smoke_config_path):
 
 
 def test_label_stage_stops_with_advice_when_no_sample_is_right(tmp_path, smoke_config_path):
-    from glore_ray.stages import label
     from glore_ray.data import questions as qstage
     from glore_ray.pipeline import RunPaths
     from glore_ray.records import write_rows
+    from glore_ray.stages import label
 
     cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=10",
                                           "data.dependency.n_test=2"])
@@ -125,7 +125,8 @@ def test_label_stage_stops_with_advice_when_no_sample_is_right(tmp_path, smoke_c
 @pytest.mark.ray
 @pytest.mark.vllm
 def test_glore_label_cli_on_smoke_rollouts(tmp_path, smoke_config_path, tiny_policy):
-    """The real chain: data -> policy -> sample -> rollout (Ray Data + the engine) -> `glore label`."""
+    """The real chain: data -> policy -> sample -> rollout (Ray Data + the engine)
+    -> `glore label`."""
     from glore_ray import cli, pipeline
 
     if pipeline.resolve(pipeline.STAGES[pipeline.STAGE_NAMES.index("rollout")]) is None:
@@ -159,7 +160,8 @@ def test_label_stage_equals_labelling_in_memory(tmp_path, smoke_config_path):
     from glore_ray.stages import build, label
 
     cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=60",
-                                          "data.dependency.n_test=5", "seed=3"])
+                                          "data.dependency.n_test=5", "seed=3",
+                                          "rollout.rollout_questions=null"])
     paths = RunPaths(cfg)
     qstage.run(cfg, paths, log=lambda m: None)
     samples, rollouts = _world_rows(cfg, n_q=12)

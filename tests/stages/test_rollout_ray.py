@@ -22,12 +22,11 @@ from glore_ray.cli import main
 from glore_ray.config import load_config
 from glore_ray.data import worlds
 from glore_ray.data.grading import extract_answer, is_correct, split_steps
+from glore_ray.method.prefixes import rolled_out
 from glore_ray.pipeline import RunPaths
 from glore_ray.prompts import prefix_text
 from glore_ray.records import Question, Rollout, Sample, read_rows
-from glore_ray.method.prefixes import rolled_out
 from glore_ray.stages.rollout import request_seed
-
 
 # ------------------------------------------------------------------ helpers, unit tests
 

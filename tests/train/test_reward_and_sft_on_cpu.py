@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import random
-
 import math
+import random
 
 import pytest
 import torch
@@ -151,10 +150,11 @@ def test_synthetic_sets_match_the_label_stage_format(tmp_path):
     sets = write_synthetic_sets(tmp_path, 8)
     sorm = pd.read_parquet(sets["sorm"] / "train.parquet")
     assert {"qid", "sample_id", "question", "steps", "labels", "soft_labels", "mask"} <= set(sorm)
-    assert all(len(s) == len(l) for s, l in zip(sorm.steps, sorm.labels))
+    assert all(len(s) == len(lab) for s, lab in zip(sorm.steps, sorm.labels))
     assert all(s[-1].startswith("####") for s in sorm.steps)
     loc = pd.read_parquet(sets["local"] / "eval.parquet")
-    assert set(loc.columns) == {"qid", "prompt", "target"} and loc.prompt.str.contains(r"\[BAD\]").all()
+    assert (set(loc.columns) == {"qid", "prompt", "target"}
+            and loc.prompt.str.contains(r"\[BAD\]").all())
 
 
 def test_ranking_loss_pairs_only_one_questions_right_and_wrong_solutions():
