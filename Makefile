@@ -29,6 +29,7 @@ demo: venv
 	$(VENV)/bin/glore run configs/embedded.yaml
 
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 test-fast: venv

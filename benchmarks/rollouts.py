@@ -70,7 +70,6 @@ def main() -> None:
 
     from glore_ray.config import load_config
     from glore_ray.pipeline import RunPaths, run_stage
-    from glore_ray.policy import policy_path
     from glore_ray.ray_env import init_ray
     from glore_ray.stages.rollout import run_rollout, run_sample
 
@@ -85,7 +84,7 @@ def main() -> None:
     for stage in ("data", "policy"):
         run_stage(cfg, stage)
     paths = RunPaths(cfg)
-    model = policy_path(cfg, paths)
+    model = paths.policy_model
     n_params = count_params(model)
     init_ray()
 

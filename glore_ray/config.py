@@ -463,7 +463,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value``
+    overrides."""
     tree: dict = {}
     if path is not None:
         p = Path(path)

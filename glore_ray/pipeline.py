@@ -73,6 +73,7 @@ class RunPaths:
     def __init__(self, cfg: RunConfig):
         # Absolute: Ray workers (train, serve) do not share the driver's working directory.
         self.root = cfg.run_dir.resolve()
+        self._policy_cfg = cfg.policy
 
     def stage(self, name: str) -> Path:
         return self.root / name
@@ -88,6 +89,18 @@ class RunPaths:
     @property
     def policy(self) -> Path:
         return self.root / "policy" / "model"
+
+    @property
+    def policy_model(self) -> str:
+        """The folder or hub id of the policy every later stage loads: this run's policy folder
+        (the tiny policy, or the SFT of ``policy.model``), else ``policy.model`` resolved (local
+        folders made absolute, since Ray workers run in their own working directories)."""
+        p = self._policy_cfg
+        if p.model is None or p.sft is not None:
+            return str(self.policy)
+        from glore_ray.hub import resolve_model
+
+        return resolve_model(p.model)
 
     @property
     def samples(self) -> Path:

@@ -267,7 +267,7 @@ def stage(cfg: RunConfig, paths, log=print) -> dict:
         return sft_policy(cfg, paths, log)
     if cfg.policy.model is not None:
         log(f"[policy] using the pretrained model {cfg.policy.model} as it is")
-        return {"model": policy_path(cfg, paths)}
+        return {"model": paths.policy_model}
     out = run(cfg, read(paths, "train"), read(paths, "test"), paths.policy, log)
     return json.loads((out / "glore_policy.json").read_text())["metrics"]
 
@@ -346,12 +346,3 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
         "out)")
     return metrics
 
-
-def policy_path(cfg: RunConfig, paths) -> str:
-    """The folder or hub id of the policy every later stage loads (local folders made absolute,
-    since Ray workers run in their own working directories)."""
-    if cfg.policy.model is None or cfg.policy.sft is not None:
-        return str(paths.policy)
-    from glore_ray.hub import resolve_model
-
-    return resolve_model(cfg.policy.model)

@@ -65,6 +65,7 @@ def mark_bad(steps: list[str], bad_idx: int) -> str:
 
 
 def local_prompt(question: str, steps: list[str], bad_idx: int) -> str:
-    """Ends with the good prefix (steps before ``bad_idx``) so the refiner writes the continuation."""
+    """Ends with the good prefix (steps before ``bad_idx``) so the refiner writes the
+    continuation."""
     return (f"Question: {question.strip()}\nDraft:\n{mark_bad(steps, bad_idx)}\nAnswer:\n"
             + prefix_text(steps, bad_idx - 1))

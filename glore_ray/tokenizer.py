@@ -1,8 +1,8 @@
 """A word-level tokenizer built locally for the synthetic world (no hub download).
 
 Words carry their leading space (" apples"), digits are single tokens (" 2", "3") so the model does
-arithmetic digit by digit (or whole numbers are, for the dependency world), and the decoder simply concatenates, so decode(encode(t)) == t for any
-text the world and the prompt templates can write.
+arithmetic digit by digit (or whole numbers are, for the dependency world), and the decoder simply
+concatenates, so decode(encode(t)) == t for any text the world and the prompt templates can write.
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ class Quantity:
     value: int
 
     def expr(self) -> str:
-        """The definition as the solution writes it: ``figs + limes``, ``plums + 3``, ``2 * pears``."""
+        """The definition as the solution writes it: ``figs + limes``, ``plums + 3``,
+        ``2 * pears``."""
         a = self.args
         return {"num": lambda: str(self.n), "add": lambda: f"{a[0]} + {self.n}",
                 "sub": lambda: f"{a[0]} - {self.n}", "mul": lambda: f"2 * {a[0]}",
@@ -150,7 +151,8 @@ def _define(rng: random.Random, name: str, args: list[str], values: dict[str, in
 
 
 def _pick_args(rng: random.Random, arity: int, unused: list[str], defined: list[str]) -> list[str]:
-    """``arity`` operands, the not-yet-used quantities first, so every needed one feeds the target."""
+    """``arity`` operands, the not-yet-used quantities first, so every needed one feeds the
+    target."""
     first = rng.sample(unused, min(arity, len(unused)))
     rest = [q for q in defined if q not in first]
     args = first + rng.sample(rest, arity - len(first))

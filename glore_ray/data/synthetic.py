@@ -129,7 +129,8 @@ def _generate(n: int, rng: random.Random, cfg: SyntheticConfig, prefix: str,
     while len(out) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            raise ValueError(f"synthetic world too small for {n} distinct problems; widen the knobs")
+            raise ValueError(f"synthetic world too small for {n} distinct problems; "
+                             "widen the knobs")
         p = make_problem(rng, cfg)
         if p.question in exclude or p.question in texts:
             continue

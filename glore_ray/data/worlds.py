@@ -17,7 +17,8 @@ GENERATED = ("dependency", "synthetic")
 
 
 def world_config(d: DataConfig):
-    """The active generated world's own config section (``data.dependency`` / ``data.synthetic``)."""
+    """The active generated world's own config section (``data.dependency`` /
+    ``data.synthetic``)."""
     if d.source not in GENERATED:
         raise ValueError(f"data.source {d.source!r} is not a generated world")
     return getattr(d, d.source)

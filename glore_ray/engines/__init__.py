@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from glore_ray.engines.base import (ChatPrompts, Completion, Engine, SamplingSpec,
-                                   truncate_at_answer)
+from glore_ray.engines.base import ChatPrompts, Completion, Engine, SamplingSpec, truncate_at_answer
 
 __all__ = ["ChatPrompts", "Completion", "Engine", "SamplingSpec", "truncate_at_answer",
            "make_engine", "vllm_available", "resolve_engine_name", "spec_from_config"]

@@ -9,9 +9,9 @@ A correct sample needs no rollouts at all: it is itself a successful rollout fro
 
     rows = search(items, generate, k=8, chunk=2)
 
-``items``: one dict per sample ``{qid, sample_id, question, answer, steps, correct}`` and, optionally,
-``probe_limit`` (only prefixes ``0 .. probe_limit - 1`` may be probed: the rest do not fit the
-context).
+``items``: one dict per sample ``{qid, sample_id, question, answer, steps, correct}`` and,
+optionally, ``probe_limit`` (only prefixes ``0 .. probe_limit - 1`` may be probed: the rest do not
+fit the context).
 ``generate(prompts, n) -> list[list[str]]``: ``n`` continuations per prompt (the rollout actor's
 engine). The search advances every sample of the batch together, in rounds: each round is one
 ``generate`` call over all active probes (two calls when probes need different ``n``, i.e. the

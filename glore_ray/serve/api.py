@@ -40,7 +40,8 @@ class SolveRequest(BaseModel):
     question: StrictStr = Field(..., description="the math word problem")
     mode: Mode | None = Field(None, description="default: serve.default_mode (glore)")
     max_tokens: StrictInt | None = Field(None, ge=1, description="≤ serve.max_new_tokens")
-    n: StrictInt | None = Field(None, ge=1, description="samples for best_of_n (≤ serve.max_best_of)")
+    n: StrictInt | None = Field(None, ge=1,
+                                description="samples for best_of_n (≤ serve.max_best_of)")
 
 
 class CandidateOut(BaseModel):

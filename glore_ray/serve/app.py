@@ -26,10 +26,8 @@ def model_paths_for(cfg: RunConfig) -> dict[str, str]:
     """The five model folders of a trained run; a clear error names what is missing."""
     from glore_ray.pipeline import RunPaths
 
-    from glore_ray.policy import policy_path
-
     paths = RunPaths(cfg)
-    out = {"policy": policy_path(cfg, paths)}
+    out = {"policy": paths.policy_model}
     # the run's own policy folder must exist; a pretrained model used as is may be a hub id
     local_policy = out["policy"] == str(paths.policy)
     out.update({k: str(paths.model(k)) for k in ("orm", "sorm", "global", "local")})
@@ -166,11 +164,11 @@ def stop(timeout_s: float = 120.0) -> None:
 
 def serve_foreground(cfg: RunConfig) -> int:
     """`glore serve CONFIG`: local cluster (or RAY_ADDRESS), foreground until Ctrl-C."""
+    import signal
+
     import ray
 
     from glore_ray.ray_env import init_ray
-
-    import signal
 
     model_paths = model_paths_for(cfg)  # fail before starting anything
     ingress_settings(cfg.serve, cfg.rollout)  # a configured API key must be set

@@ -185,7 +185,8 @@ class SetWriter:
         self.trl.write(trl, [r["qid"] for r in sorm])
 
     def add_pairs(self, rows: list[dict]) -> None:
-        """Rows ``{qid, global_prompt: [...], global_target: [...], local_prompt, local_target}``."""
+        """Rows ``{qid, global_prompt: [...], global_target: [...], local_prompt,
+        local_target}``."""
         for which in ("global", "local"):
             self.sets[which].write([
                 {"qid": r["qid"], "prompt": p, "target": t} for r in rows

@@ -152,11 +152,9 @@ class Backends:
     manager that stops the scorer actors on exit (``with Backends(cfg, paths) as b: b.models``)."""
 
     def __init__(self, cfg: RunConfig, paths, log=print):
-        from glore_ray.policy import policy_path
-
         self.orm = ScorerPool(cfg, str(paths.model("orm")))
         self.sorm = ScorerPool(cfg, str(paths.model("sorm")))
-        self.models = Models(policy=_generator(cfg, policy_path(cfg, paths), log),
+        self.models = Models(policy=_generator(cfg, paths.policy_model, log),
                              global_refiner=_generator(cfg, str(paths.model("global")), log),
                              local_refiner=_generator(cfg, str(paths.model("local")), log),
                              orm=self.orm.fn(), sorm=self.sorm.fn())
@@ -275,7 +273,8 @@ def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: B
     }
     examples = [{"question": qs[i], "draft_steps": draft_steps[i], "sorm": sorm_draft[i],
                  "orm": orm_d[i], "located": located[i], "draft_correct": d_ok[i],
-                 "oracle": oracle_step_labels(drafts[i], questions[i].oracle) if has_oracle else None}
+                 "oracle": (oracle_step_labels(drafts[i], questions[i].oracle) if has_oracle
+                            else None)}
                 for i in range(n)]
     out = paths.report
     out.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,8 @@ def label_question(q: Question, samples: list[Sample], rollouts: list[Rollout], 
         if key in by_key:
             raise ValueError(f"samples: duplicate (qid, sample_id) rows, e.g. {key}")
         by_key[key] = s  # an empty completion is a wrong sample with no steps (counted as empty)
-    grouped: dict[tuple[str, int], dict[int, list[Rollout]]] = defaultdict(lambda: defaultdict(list))
+    grouped: dict[tuple[str, int], dict[int, list[Rollout]]] = defaultdict(
+        lambda: defaultdict(list))
     per_sample: dict[tuple[str, int], list[Rollout]] = defaultdict(list)
     for r in rollouts:
         key = (r.qid, int(r.sample_id))

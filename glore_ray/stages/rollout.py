@@ -399,7 +399,6 @@ def run_sample(cfg: RunConfig, paths, log=print) -> dict:
     """Stage: the first ``rollout.n_questions`` train questions × ``k_samples`` graded samples."""
     import ray
 
-    from glore_ray.policy import policy_path
     from glore_ray.ray_env import init_ray
 
     questions = read_rows(paths.questions_train, Question)[: cfg.rollout.n_questions]
@@ -414,7 +413,7 @@ def run_sample(cfg: RunConfig, paths, log=print) -> dict:
     items = [{"qid": q.qid, "question": q.question, "answer": q.answer, "oracle": q.oracle}
              for q in questions]
     ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items), r.batch_size))
-    ds = _map_generate(ds, SampleActor, cfg, policy_path(cfg, paths), stats)
+    ds = _map_generate(ds, SampleActor, cfg, paths.policy_model, stats)
     n = _write(ds, paths.samples, lambda: (len(questions) - len(_skipped(stats))) * r.k_samples,
                "sample", SAMPLE_SCHEMA, stats, r.max_actor_restarts)
     summary = _summarise(stats, time.time() - t0)
@@ -441,7 +440,6 @@ def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
     ``rolled_out_qids`` questions)."""
     import ray
 
-    from glore_ray.policy import policy_path
     from glore_ray.ray_env import init_ray
 
     questions = {q.qid: (q.question, q.answer) for q in read_rows(paths.questions_train, Question)}
@@ -471,7 +469,7 @@ def run_rollout(cfg: RunConfig, paths, log=print) -> dict:
     if keep is not None:
         ds = ds.map_batches(_only, fn_kwargs={"qids": sorted(keep)}, batch_format="pyarrow")
     ds = ds.repartition(_blocks(n_samples, r.batch_size))
-    ds = _map_generate(ds, RolloutActor, cfg, policy_path(cfg, paths), stats, questions=questions)
+    ds = _map_generate(ds, RolloutActor, cfg, paths.policy_model, stats, questions=questions)
     n = _write(ds, paths.rollouts, None if expected is None else
                (lambda: expected - len(_skipped(stats)) * r.k_rollouts), "rollout", ROLLOUT_SCHEMA,
                stats, r.max_actor_restarts)

@@ -27,10 +27,9 @@ RESUMES = True
 
 
 def run(cfg: RunConfig, paths, log=print) -> dict:
-    from glore_ray.policy import policy_path
     from glore_ray.train.ray_trainer import fit, spec_from_config
 
-    policy = policy_path(cfg, paths)
+    policy = paths.policy_model
     missing = [w for w in MODELS if not (paths.training_set(w) / "train.parquet").exists()]
     if missing:
         raise FileNotFoundError(f"train: training sets missing for {missing} under "
@@ -127,7 +126,8 @@ def _perturb(steps: list[str], rng: random.Random) -> tuple[list[str], int]:
 
 
 def synthetic_rows(n_questions: int, seed: int = 0, n_wrong: int = 2) -> dict[str, list[dict]]:
-    """Rows for the four sets from the synthetic world (gold + perturbed solutions, oracle labels)."""
+    """Rows for the four sets from the synthetic world (gold + perturbed solutions, oracle
+    labels)."""
     from glore_ray.config import SyntheticConfig
     from glore_ray.data import synthetic
     from glore_ray.data.grading import is_correct

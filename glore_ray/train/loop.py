@@ -13,7 +13,6 @@ torchrun ``deepspeed.init_distributed`` does it from the environment).
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import random
@@ -68,7 +67,8 @@ class LoopSpec:
 # ------------------------------------------------------------------ model + engine
 
 def build_model(spec: LoopSpec):
-    """The model as it is trained: reward head or causal LM from the policy, LoRA-wrapped if asked."""
+    """The model as it is trained: reward head or causal LM from the policy, LoRA-wrapped if
+    asked."""
     dtype = torch.float32  # DeepSpeed's bf16 mode keeps fp32 masters and casts itself
     model = (reward.build_reward_model(spec.policy, dtype) if spec.kind == "reward"
              else sft.build_refiner(spec.policy, dtype))
@@ -87,7 +87,8 @@ def build_model(spec: LoopSpec):
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (_deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict)
+                  else v)
     return out
 
 
@@ -411,7 +412,8 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
              "epoch": step / steps_per_epoch, "loss": loss_sum / max(n, 1),
              "lr": engine.lr(), "tokens_per_s": tokens / max(now - t_last, 1e-9),
              "elapsed_s": now - t_start, "setup_s": setup_s, "resumed_from": resumed_from,
-             "world_size": world, "peak_mem_mib": _all_reduce([peak_mem_mib()], dist.ReduceOp.MAX)[0],
+             "world_size": world,
+             "peak_mem_mib": _all_reduce([peak_mem_mib()], dist.ReduceOp.MAX)[0],
              "base_mem_mib": base_mem}
         acc.update(loss=0.0, n=0, tokens=0)
         t_last = now
@@ -527,8 +529,8 @@ def evaluate(task: Task, model, eval_ex: list[dict], spec: LoopSpec) -> dict:
 def _dummy(task: Task) -> dict:
     """A one-token example, for a rank with no eval rows at all."""
     ids = [task.pad_id, task.pad_id]
-    return ({"ids": ids, "positions": [], "targets": [], "weights": []} if task.spec.kind == "reward"
-            else {"ids": ids, "n_prompt": 2})
+    return ({"ids": ids, "positions": [], "targets": [], "weights": []}
+            if task.spec.kind == "reward" else {"ids": ids, "n_prompt": 2})
 
 
 def progress_line(m: dict) -> str:
@@ -552,10 +554,12 @@ def consolidated_state_dict(ckpt_dir: str | Path, spec: LoopSpec) -> dict[str, t
     """Full fp32 weights from a checkpoint folder written by ``Engine.save`` (all ranks merged)."""
     ckpt_dir = Path(ckpt_dir)
     if (ckpt_dir / DDPEngine.FILE).exists():
-        return torch.load(ckpt_dir / DDPEngine.FILE, map_location="cpu", weights_only=False)["module"]
+        return torch.load(ckpt_dir / DDPEngine.FILE, map_location="cpu",
+                          weights_only=False)["module"]
     tag_dir = ckpt_dir / DeepSpeedEngine.TAG
     if not tag_dir.is_dir():
-        raise FileNotFoundError(f"no DeepSpeed checkpoint (tag {DeepSpeedEngine.TAG!r}) in {ckpt_dir}")
+        raise FileNotFoundError(f"no DeepSpeed checkpoint (tag {DeepSpeedEngine.TAG!r}) "
+                                f"in {ckpt_dir}")
     if any(tag_dir.glob("*optim_states.pt")) and spec.zero_stage >= 1:
         # DeepSpeed's own consolidation: fp32 partitions (ZeRO-1/2) or parameter shards (ZeRO-3)
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -583,7 +587,8 @@ def export_hf(ckpt_dir: str | Path, spec: LoopSpec, out_dir: str | Path) -> Path
     tied = {k for k in missing if k.endswith("lm_head.weight")}
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"[{spec.name}] checkpoint does not match the model: missing "
-                           f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+                           f"{sorted(set(missing) - tied)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
     if spec.lora_rank > 0:
         model = model.merge_and_unload()  # a plain model again: no peft needed to load it
     model.tie_weights()

@@ -28,8 +28,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from glore_ray.train.loop import (DeepSpeedEngine, Engine, Hooks, LoopSpec, NonFiniteLoss,
-                                  export_hf, progress_line)
+from glore_ray.train.loop import (
+    DeepSpeedEngine,
+    Engine,
+    Hooks,
+    LoopSpec,
+    NonFiniteLoss,
+    export_hf,
+    progress_line,
+)
 
 FAIL_AT_ENV = "GLORE_TRAIN_FAIL_AT_STEP"
 FAIL_MARKER_ENV = "GLORE_TRAIN_FAIL_MARKER"
@@ -143,10 +150,7 @@ def fit(spec: LoopSpec, train_path: str | Path, eval_path: str | Path | None,
     """Train ``spec`` on a real Ray cluster and write the HF folder ``out_dir``.
 
     Returns a summary: final metrics, the report history, restarts and timings."""
-    import ray
-    import ray.data
-    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
-                           ScalingConfig)
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from glore_ray.ray_env import init_ray
@@ -163,7 +167,8 @@ def fit(spec: LoopSpec, train_path: str | Path, eval_path: str | Path | None,
     config: dict[str, Any] = {"spec": asdict(spec)}
     if os.environ.get(FAIL_AT_ENV):
         config["fail_at_step"] = int(os.environ[FAIL_AT_ENV])
-        config["fail_marker"] = os.environ.get(FAIL_MARKER_ENV) or str(storage / f"{spec.name}.killed")
+        config["fail_marker"] = (os.environ.get(FAIL_MARKER_ENV)
+                                 or str(storage / f"{spec.name}.killed"))
     trainer = TorchTrainer(
         train_worker, train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -213,7 +213,8 @@ def ranking_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[
     return torch.nn.functional.softplus(-diff)[pairs].mean(), n
 
 
-def gather_steps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[list[float], list[float]]:
+def gather_steps(logits: torch.Tensor,
+                 batch: dict[str, torch.Tensor]) -> tuple[list[float], list[float]]:
     """(probabilities, targets) at the scored positions of a batch (weight > 0)."""
     sel = batch["weights"] > 0
     return (torch.sigmoid(logits[sel]).tolist(), batch["targets"][sel].tolist())
