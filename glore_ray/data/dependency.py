@@ -20,7 +20,7 @@ Values are small exact integers (0..``max_value``, one token each), so the arith
 difficulty is *which* quantity can and must be computed next. That is what makes a verifier useful
 here: checking that a line's operands were already computed and that it copies the right clause is
 local and easy, while writing the plan is not (in the arithmetic world checking a sum is exactly as
-hard as writing it, and reranking cannot help: README, "the arithmetic control").
+hard as writing it, and reranking cannot help: docs/results/arithmetic.md).
 
 ``style: symbolic`` writes the same problems as the prototype that learned binding did (DESIGN §3c):
 single-letter names, each clause in the solution line's own syntax, so copying a clause is a plain

@@ -107,7 +107,7 @@ def deepspeed_config(spec: LoopSpec) -> dict:
         # bf16 with fp32 master weights: DeepSpeed's bf16 mode on GPU; on CPU torch autocast
         # through DeepSpeed (its engine turns off an autocast opened outside it). On this box's
         # AMX Xeon a SmolLM2-135M step of 8 x 300 tokens took 5.2 s vs 8.8 s in fp32 in one
-        # process; under Ray Train the step was not faster (README, "Bring your own model").
+        # process; under Ray Train the step was not faster (docs/byom.md).
         "bf16": {"enabled": spec.bf16 and torch.cuda.is_available()},
         "torch_autocast": {"enabled": spec.bf16 and not torch.cuda.is_available(),
                            "dtype": "bfloat16"},
