@@ -92,12 +92,13 @@ def dataset_sizes(cfg: RunConfig) -> tuple[int, int, str]:
 def steps_per_solution(cfg: RunConfig) -> float:
     if cfg.plan.steps_per_solution is not None:
         return cfg.plan.steps_per_solution
-    if cfg.data.source == "dependency":  # one line per needed quantity, then `#### n`
-        w = cfg.data.dependency
-        return (w.min_needed + w.max_needed) / 2 + 1
-    if cfg.data.source == "synthetic":  # one line per operation, then `#### n`
-        w = cfg.data.synthetic
-        return (w.min_ops + w.max_ops) / 2 + 1
+    if cfg.data.source in ("dependency", "synthetic"):
+        # a generated world: count the gold lines of 400 of its questions (the needed-quantity
+        # counts of the dependency world are not uniform: 3-16 needed average ~7 lines)
+        from glore_ray.data import worlds
+
+        train, _ = worlds.generate(cfg.data, n_train=400)
+        return sum(len(q.gold_solution.strip().splitlines()) for q in train) / len(train)
     return GSM8K_STEPS
 
 

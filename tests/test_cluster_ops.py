@@ -320,10 +320,12 @@ def job_policy(tmp_path_factory) -> Path:
     """A tiny policy folder for the jobs: the shipped checkpoint when present, else an untrained
     model of the same recipe (the jobs test plumbing, not accuracy; training takes minutes)."""
     from glore_ray.data import worlds
+    from glore_ray.hub import resolve_model
     from glore_ray.policy import ASSETS, build_model, recipe_hash
 
     cfg = load_config(REPO / "configs" / "smoke.yaml")
-    shipped = ASSETS / recipe_hash(cfg)
+    shipped = (Path(resolve_model(cfg.policy.model)) if cfg.policy.model
+               else ASSETS / recipe_hash(cfg))
     if (shipped / "config.json").exists():
         return shipped
     out = tmp_path_factory.mktemp("policy")

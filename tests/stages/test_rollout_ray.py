@@ -26,7 +26,7 @@ from glore_ray.method.prefixes import rolled_out
 from glore_ray.pipeline import RunPaths
 from glore_ray.prompts import prefix_text
 from glore_ray.records import Question, Rollout, Sample, read_rows
-from glore_ray.stages.rollout import request_seed
+from glore_ray.stages.rollout import request_seed, rolled_out_qids
 
 # ------------------------------------------------------------------ helpers, unit tests
 
@@ -104,7 +104,11 @@ def test_smoke_sample_then_rollout_with_vllm(ray_local, tiny_policy, smoke_confi
         assert main([stage, str(smoke_config_path), *over]) == 0, stage
     r = cfg.rollout
     samples = check_samples(paths, r.n_questions, r.k_samples)
-    rollouts = check_rollouts(paths, samples, r.k_rollouts)
+    # the smoke config rolls out a subset (rollout.rollout_questions): only its samples
+    rolled = rolled_out_qids(cfg, paths)
+    assert rolled is not None and len(rolled) == r.rollout_questions < r.n_questions
+    rollouts = check_rollouts(paths, [s for s in samples if s.qid in rolled], r.k_rollouts)
+    assert {x.qid for x in rollouts} <= rolled
     s_sum, r_sum = _done(paths, "sample")["summary"], _done(paths, "rollout")["summary"]
     assert s_sum["engine"] == r_sum["engine"] == "vllm"
     # one engine per actor for the whole stage (a 1..1 pool: one start)
@@ -181,6 +185,7 @@ def test_budgeted_rollouts_run_inside_the_actor(hf_run, tmp_path):
     cfg.rollout.budgeted = True
     paths = SimpleNamespace(questions_train=hf_run.paths.questions_train,
                             samples=hf_run.paths.samples, policy=hf_run.paths.policy,
+                            policy_model=hf_run.paths.policy_model,
                             rollouts=tmp_path / "rollouts.parquet")
     summary = run_rollout(cfg, paths, log=lambda m: None)
     rows = read_rows(paths.rollouts, Rollout)
@@ -225,7 +230,9 @@ def test_prompts_over_the_context_are_skipped_and_counted(hf_run, smoke_config_p
     qs = list(_questions(hf_run.paths).values())[:6]
     tok = AutoTokenizer.from_pretrained(hf_run.paths.policy)
     lengths = sorted(len(tok(policy_prompt(q.question))["input_ids"]) for q in qs)
-    limit = lengths[2] + 48  # max_tokens 48: the three shortest prompts fit
+    distinct = sorted(set(lengths))
+    assert len(distinct) > 1
+    limit = distinct[(len(distinct) - 1) // 2] + 48  # max_tokens 48: the shorter prompts fit
     too_long = {q.qid for q in qs if len(tok(policy_prompt(q.question))["input_ids"]) + 48 > limit}
     over = [*hf_run.over[1:], f"output_dir={tmp_path}", f"rollout.max_model_len={limit}"]
     assert main(["sample", str(smoke_config_path), *over]) == 0
