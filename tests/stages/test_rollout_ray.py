@@ -228,7 +228,7 @@ def test_prompts_over_the_context_are_skipped_and_counted(hf_run, smoke_config_p
 
     shutil.copytree(hf_run.paths.root, tmp_path / "hf")
     qs = list(_questions(hf_run.paths).values())[:6]
-    tok = AutoTokenizer.from_pretrained(hf_run.paths.policy)
+    tok = AutoTokenizer.from_pretrained(hf_run.paths.policy_model)
     lengths = sorted(len(tok(policy_prompt(q.question))["input_ids"]) for q in qs)
     distinct = sorted(set(lengths))
     assert len(distinct) > 1
