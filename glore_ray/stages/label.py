@@ -94,26 +94,21 @@ def label_question(q: Question, samples: list[Sample], rollouts: list[Rollout], 
     rows, hard_by_key = [], {}
     for j, s in enumerate(samples):
         key = (s.qid, int(s.sample_id))
-        oracle = _oracle(q, s)
-        if not rolled_out:
-            rows.append({"qid": s.qid, "pos": pos[j] if pos else j, "sample_id": int(s.sample_id),
-                         "question": q.question, "steps": list(s.steps),
-                         "correct": bool(s.correct), "hard": [], "soft": [], "raw_hard": [],
-                         "n_rollouts": [], "oracle": oracle or [], "n_rollout_rows": 0,
-                         "flips": [-1] * len(FLIPS), "rolled_out": False, "global_prompt": [],
-                         "global_target": [], "global_source": [], "local_prompt": [],
-                         "local_target": []})
-            continue
-        lab = label_sample(list(s.steps), bool(s.correct), grouped.get(key, {}), cfg)
-        hard_by_key[key] = lab.hard
-        flips = [lab.flips[f] if f in lab.flips else -1 for f in FLIPS]  # -1: rule did not run
-        rows.append({"qid": s.qid, "pos": pos[j] if pos else j, "sample_id": int(s.sample_id),
-                     "question": q.question, "steps": list(s.steps), "correct": bool(s.correct),
-                     "hard": lab.hard, "soft": lab.soft, "raw_hard": lab.raw_hard,
-                     "n_rollouts": lab.n_rollouts, "oracle": oracle or [],
-                     "n_rollout_rows": len(per_sample.get(key, [])), "flips": flips,
-                     "rolled_out": True, "global_prompt": [], "global_target": [],
-                     "global_source": [], "local_prompt": [], "local_target": []})
+        row = {"qid": s.qid, "pos": pos[j] if pos else j, "sample_id": int(s.sample_id),
+               "question": q.question, "steps": list(s.steps), "correct": bool(s.correct),
+               "oracle": _oracle(q, s) or [], "rolled_out": rolled_out, "global_prompt": [],
+               "global_target": [], "global_source": [], "local_prompt": [], "local_target": []}
+        if not rolled_out:  # ORM labels and global pairs only
+            row.update(hard=[], soft=[], raw_hard=[], n_rollouts=[], n_rollout_rows=0,
+                       flips=[-1] * len(FLIPS))
+        else:
+            lab = label_sample(list(s.steps), bool(s.correct), grouped.get(key, {}), cfg)
+            hard_by_key[key] = lab.hard
+            row.update(hard=lab.hard, soft=lab.soft, raw_hard=lab.raw_hard,
+                       n_rollouts=lab.n_rollouts, n_rollout_rows=len(per_sample.get(key, [])),
+                       # -1: the rule did not run
+                       flips=[lab.flips[f] if f in lab.flips else -1 for f in FLIPS])
+        rows.append(row)
     if rows:
         sols = correct_solutions(q, samples, rollouts, by_key, gold=cfg.gold_targets)
         glob = global_pairs(q, samples, sols, cfg.max_global_pairs_per_question, seed,
@@ -271,7 +266,7 @@ def _label_group(group: pa.Table, label_cfg: dict, seed: int,
     rollouts = [Rollout(r["qid"], r["sample_id"], r["step_idx"], r["k"], r["text"], r["correct"],
                         r["final_answer"] or "") for r in rows if r["kind"] == "r"]
     out = label_question(q, samples, rollouts, cfg, seed, [r["pos"] for r in ss],
-                         rolled is None or q.qid in set(rolled))
+                         rolled is None or q.qid in rolled)
     return pa.Table.from_pylist(out, schema=LABELLED)
 
 

@@ -198,8 +198,11 @@ class RolloutActor(_EngineActor):
         if s["correct"] or not idx:
             return len(idx)
         q = self.questions[s["qid"]][0]
-        ok = fitting(self.engine, [rollout_prompt(q, s["steps"], i) for i in idx],
-                     self.cfg.max_tokens)
+        prompts = [rollout_prompt(q, s["steps"], i) for i in idx]
+        # prompts grow with the prefix: when the longest fits, every one does (the usual case)
+        if fitting(self.engine, prompts[-1:], self.cfg.max_tokens)[0]:
+            return len(idx)
+        ok = fitting(self.engine, prompts, self.cfg.max_tokens)
         n = next((j for j, f in enumerate(ok) if not f), len(idx))
         if n < len(idx) and self.stats is not None:
             self.stats.add.remote(skipped=[f"{s['qid']}/{s['sample_id']}/{i}" for i in idx[n:]])

@@ -43,6 +43,18 @@ def _world_rows(cfg, n_q: int = 6):
     return samples, rollouts
 
 
+def _prepared(tmp_path, smoke_config_path, *over):
+    """The smoke config (60 train questions, 5 test) with its questions written: (cfg, paths)."""
+    from glore_ray.data import questions as qstage
+    from glore_ray.pipeline import RunPaths
+
+    cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=60",
+                                          "data.dependency.n_test=5", *over])
+    paths = RunPaths(cfg)
+    qstage.run(cfg, paths, log=lambda m: None)
+    return cfg, paths
+
+
 def test_label_stage_builds_all_four_sets(tmp_path, smoke_config_path):
     import datasets
 
@@ -155,15 +167,10 @@ def test_label_stage_equals_labelling_in_memory(tmp_path, smoke_config_path):
     from glore_ray.data import questions as qstage
     from glore_ray.method.balance import balance
     from glore_ray.method.pairs import correct_solutions, global_pairs, local_pairs
-    from glore_ray.pipeline import RunPaths
     from glore_ray.records import StepLabel, read_rows, write_rows
     from glore_ray.stages import build, label
 
-    cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=60",
-                                          "data.dependency.n_test=5", "seed=3",
-                                          "rollout.rollout_questions=null"])
-    paths = RunPaths(cfg)
-    qstage.run(cfg, paths, log=lambda m: None)
+    cfg, paths = _prepared(tmp_path, smoke_config_path, "seed=3", "rollout.rollout_questions=null")
     samples, rollouts = _world_rows(cfg, n_q=12)
     samples = samples[::-1]  # file order, not qid order, decides the row order
     write_rows(paths.samples, samples, Sample)
@@ -234,16 +241,12 @@ def test_label_stage_with_a_rollout_subset(tmp_path, smoke_config_path):
     rolled-out questions reach the step labels, the SORM set and the local pairs (the stage
     equals labelling in memory with the same subset)."""
     from glore_ray.data import questions as qstage
-    from glore_ray.pipeline import RunPaths
     from glore_ray.records import StepLabel, read_rows, write_rows
     from glore_ray.stages import label
     from glore_ray.stages.rollout import rolled_out_qids
 
-    cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=60",
-                                          "data.dependency.n_test=5", "rollout.n_questions=12",
-                                          "rollout.rollout_questions=4"])
-    paths = RunPaths(cfg)
-    qstage.run(cfg, paths, log=lambda m: None)
+    cfg, paths = _prepared(tmp_path, smoke_config_path, "rollout.n_questions=12",
+                           "rollout.rollout_questions=4")
     samples, rollouts = _world_rows(cfg, n_q=12)
     rolled = rolled_out_qids(cfg, paths)
     assert len(rolled) == 4 and rolled < {s.qid for s in samples}
