@@ -42,7 +42,7 @@ def test_shipped_policy_is_in_the_regime(config, run_seed):
                         AutoTokenizer.from_pretrained(folder), test[: cfg.policy.eval_questions])
     assert m["greedy_accuracy"] == pytest.approx(recorded["greedy_accuracy"], abs=0.02)
     assert m["error_kinds"].get("format", 0) <= 0.05 * m["n"], m
-    if config == "embedded":  # the arithmetic world
+    if config == "arithmetic":
         assert 0.35 <= m["greedy_accuracy"] <= 0.65, m
         assert m["intermediate_error_share"] >= 0.6, m  # wrong mostly before the answer line
     else:  # chosen in the paper's regime on validation questions; errors not of arithmetic

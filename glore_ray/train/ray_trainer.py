@@ -160,7 +160,8 @@ def fit(spec: LoopSpec, train_path: str | Path, eval_path: str | Path | None,
     run_dir = storage / spec.name
     if run_dir.exists():  # a previous, interrupted attempt of this stage: start clean
         shutil.rmtree(run_dir)
-    train_ds, eval_ds = _datasets(train_path, eval_path, eval_fraction, spec.seed)
+    train_ds, eval_ds = _datasets(train_path, eval_path, eval_fraction, spec.seed, num_workers,
+                                  log)
     resources = {"CPU": cpus_per_worker, **(resources_per_worker or {})}
     if use_gpu:
         resources.setdefault("GPU", 1)
@@ -219,8 +220,11 @@ def _history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
 
 
-def _datasets(train_path, eval_path, eval_fraction: float, seed: int):
-    """Ray Data datasets for the set; an empty or missing eval file -> a split of train."""
+def _datasets(train_path, eval_path, eval_fraction: float, seed: int, num_workers: int = 1,
+              log=print):
+    """Ray Data datasets for the set. Ray Train splits each dataset equally over the workers and
+    drops the remainder, so an eval set needs a row per worker: an empty, missing or smaller eval
+    file -> a split of train with at least ``num_workers`` rows (none if train is too small)."""
     import pyarrow.parquet as pq
     import ray.data
 
@@ -231,12 +235,20 @@ def _datasets(train_path, eval_path, eval_fraction: float, seed: int):
     if n_train == 0:
         raise ValueError(f"training set {train_path} is empty")
     train_ds = ray.data.read_parquet(str(train_path.resolve()))
-    if eval_path and Path(eval_path).exists() and pq.ParquetFile(eval_path).metadata.num_rows:
+    n_file = pq.ParquetFile(eval_path).metadata.num_rows \
+        if eval_path and Path(eval_path).exists() else 0
+    if n_file >= num_workers:
         return train_ds, ray.data.read_parquet(str(Path(eval_path).resolve()))
-    if eval_fraction <= 0 or n_train < 4:
+    n_eval = max(num_workers, int(n_train * eval_fraction))
+    if eval_fraction <= 0 or n_train - n_eval < max(4, num_workers):
+        if n_file or eval_fraction > 0:
+            log(f"[train] {train_path.parent.name}: {n_file} eval rows for {num_workers} workers "
+                f"and {n_train} training rows: no eval metrics for this model")
         return train_ds, None
+    if n_file:
+        log(f"[train] {train_path.parent.name}: {n_file} eval rows for {num_workers} workers: "
+            f"{n_eval} training rows held out for eval instead")
     ds = train_ds.random_shuffle(seed=seed)
-    n_eval = max(1, int(n_train * eval_fraction))
     eval_ds, train_ds = ds.split_at_indices([n_eval])
     return train_ds, eval_ds
 

@@ -49,3 +49,28 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, policy, tmp_path,
     assert second_run and second_run[0] == 3  # continued after the step-2 checkpoint, not from 0
     assert s["final"]["step"] == 5 and s["restarts"] == 1
     assert (tmp_path / "orm" / "config.json").exists()
+
+
+@pytest.mark.parametrize("eval_rows", [0, 1])
+def test_a_tiny_eval_file_still_gives_every_worker_eval_rows(ray_local, tmp_path, eval_rows):
+    """Ray Train splits a dataset equally over the workers and drops the remainder: a 1-row eval
+    file would leave both workers without eval rows (and the model without eval metrics), as the
+    smoke run's local refiner once had. Such a set is replaced by a held-out split of train."""
+    import pandas as pd
+
+    from glore_ray.train.ray_trainer import _datasets
+
+    pd.DataFrame({"x": range(8)}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"x": range(100, 100 + eval_rows)}).to_parquet(tmp_path / "eval.parquet")
+    notes: list[str] = []
+    train, ev = _datasets(tmp_path / "train.parquet", tmp_path / "eval.parquet", 0.1, 0,
+                          num_workers=2, log=notes.append)
+    train_x = sorted(r["x"] for r in train.iter_rows())
+    eval_x = sorted(r["x"] for r in ev.iter_rows())
+    assert len(eval_x) == 2 and len(train_x) == 6 and sorted(train_x + eval_x) == list(range(8))
+    assert bool(notes) == (eval_rows > 0)  # replacing a given eval file is said
+    # a set too small to hold rows out trains on everything and says it has no eval
+    pd.DataFrame({"x": range(5)}).to_parquet(tmp_path / "small.parquet")
+    train, ev = _datasets(tmp_path / "small.parquet", None, 0.1, 0, num_workers=2,
+                          log=notes.append)
+    assert ev is None and train.count() == 5 and "no eval metrics" in notes[-1]

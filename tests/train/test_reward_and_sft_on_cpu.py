@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -125,9 +126,11 @@ def test_deepspeed_block_from_yaml(tmp_path):
         load_deepspeed_block(str(tmp_path / "missing.json"))
 
 
-def test_bf16_on_cpu_is_deepspeeds_torch_autocast_over_fp32_weights():
+def test_bf16_on_cpu_is_deepspeeds_torch_autocast_over_fp32_weights(monkeypatch):
+    from glore_ray.train import loop
     from glore_ray.train.loop import LoopSpec, autocast, deepspeed_config
 
+    monkeypatch.setattr(loop, "cpu_bf16", lambda: True)  # as on an AMX / AVX512-BF16 CPU
     off = deepspeed_config(LoopSpec(name="policy", kind="sft", policy="-"))
     assert not off["bf16"]["enabled"] and not off["torch_autocast"]["enabled"]
     on = deepspeed_config(LoopSpec(name="policy", kind="sft", policy="-", bf16=True))
@@ -140,6 +143,19 @@ def test_bf16_on_cpu_is_deepspeeds_torch_autocast_over_fp32_weights():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(LoopSpec(name="p", kind="sft", policy="-", bf16=True)):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(monkeypatch):
+    from glore_ray.train import loop
+    from glore_ray.train.loop import LoopSpec, autocast, bf16_fallback_note, deepspeed_config
+
+    monkeypatch.setattr(loop, "cpu_bf16", lambda: False)  # AVX2 only: torch would emulate bf16
+    spec = LoopSpec(name="orm", kind="reward", policy="-", bf16=True)
+    assert not deepspeed_config(spec)["torch_autocast"]["enabled"]
+    with autocast(dataclasses.replace(spec, engine="ddp")):
+        assert not torch.is_autocast_enabled("cpu")
+    assert "fp32" in bf16_fallback_note(spec) and "[orm]" in bf16_fallback_note(spec)
+    assert bf16_fallback_note(dataclasses.replace(spec, bf16=False)) is None
 
 
 def test_synthetic_sets_match_the_label_stage_format(tmp_path):
