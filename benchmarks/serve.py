@@ -105,7 +105,7 @@ def main() -> int:
     from glore_ray.serve.app import build_app, model_paths_for, start
 
     overrides = ["serve.host=127.0.0.1", f"serve.port={free_port()}",
-                 f"serve.max_new_tokens={args.max_tokens}", f"serve.engine={args.engine}"]
+                 f"refine.max_new_tokens={args.max_tokens}", f"serve.engine={args.engine}"]
     cfg = load_config(args.config, overrides)
     work = Path(tempfile.mkdtemp(prefix="glore-serve-bench-"))
     if args.trained:

@@ -296,16 +296,12 @@ class TrainConfig(_Strict):
 class ServeConfig(_Strict):
     host: str = knob("127.0.0.1")
     port: int = knob(8000, ge=1, le=65535)
-    when_threshold: float = Field(0.5, ge=0, le=1)
-    where_threshold: float = Field(0.5, ge=0, le=1)
     default_mode: Mode = "glore"
-    always_refine: bool = True
     generator_replicas: int = knob(1, ge=1)
     reward_replicas: int = knob(1, ge=1)
     max_batch_size: int = knob(16, ge=1)
     batch_wait_timeout_s: float = knob(0.01, ge=0)
     max_question_chars: int = Field(4000, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
     # the environment variable holding the API key clients must send; unset there = the service
     # refuses to start (fails closed); null = no key (an open service, e.g. on localhost)
     api_key_env: str | None = knob(None)
@@ -319,14 +315,31 @@ class ServeConfig(_Strict):
     generator_max_replicas: int = knob(0, ge=0)
     reward_max_replicas: int = knob(0, ge=0)
     target_ongoing_requests: float = knob(8.0, gt=0)
-    best_of: int = Field(3, ge=1)  # default n of best_of_n
-    max_best_of: int = Field(16, ge=1)
+    max_best_of: int = Field(16, ge=1)  # the most samples a best_of_n request may ask for
     max_body_bytes: int = knob(65536, ge=1024)  # an HTTP memory guard
+
+
+class RefineConfig(_Strict):
+    """The inference graph's decisions, one source for evaluate and Serve alike
+    (``method.solve.GraphParams.from_config``; the seed is the run's, the best-of-n sampling the
+    rollout section's). Serve's requests may lower ``max_new_tokens`` and pick another ``n``."""
+
+    when_threshold: float = Field(0.5, ge=0, le=1)  # refine when the draft's ORM score is below
+    where_threshold: float = Field(0.5, ge=0, le=1)  # the first step whose SORM score is below
+    always_refine: bool = True  # the paper's main table: refine every draft, then rerank
+    best_of: int = Field(3, ge=1)  # n of best_of_n (the baseline beside GLoRe)
+    # drafts and refinements; None = rollout.max_tokens, the length the reward models learned on
+    max_new_tokens: int | None = Field(None, ge=1)
+
+
+# Keys that moved: a config naming one gets an error that names its new place.
+MOVED = {f"serve.{k}": f"refine.{k}" for k in
+         ("when_threshold", "where_threshold", "always_refine", "best_of", "max_new_tokens")}
+MOVED["evaluate.best_of"] = "refine.best_of"
 
 
 class EvaluateConfig(_Strict):
     n_questions: int | None = Field(300, ge=1)  # test questions (None = all)
-    best_of: int = Field(3, ge=1)
     n_plot_examples: int = Field(4, ge=0)
 
 
@@ -354,6 +367,7 @@ class RunConfig(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     label: LabelConfig = LabelConfig()
     train: TrainConfig = TrainConfig()
+    refine: RefineConfig = RefineConfig()
     serve: ServeConfig = ServeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     plan: PlanConfig = PlanConfig()
@@ -486,6 +500,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         tree = loaded
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if isinstance(tree.get(section), dict) and key in tree[section]:
+            raise ConfigError(f"config key {old!r} moved to {new!r} (one source for evaluate and "
+                              f"Serve): write it there")
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:

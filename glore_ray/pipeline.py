@@ -58,11 +58,10 @@ STAGES: list[Stage] = [
           "K rollouts per step prefix"),
     Stage("label", "glore_ray.stages.label:run", ("label",), "ORM/SORM labels and training sets"),
     Stage("train", "glore_ray.stages.train:run", ("train",), "ORM, SORM and both refiners"),
-    # Generation as in serving (greedy drafts and refinements, best-of-N at the rollout sampler's
-    # temperature/top_p) and serving's when/where thresholds; the rest of `serve` is serving only.
+    # The graph as Serve runs it (`refine`: thresholds, best-of-n, lengths, with the sampler's
+    # temperature/top_p and rollout.max_tokens as the default length); `serve` is serving only.
     Stage("evaluate", "glore_ray.stages.evaluate:run",
-          ("evaluate", "serve.when_threshold", "serve.where_threshold", "serve.max_new_tokens")
-          + _SAMPLING, "the paper's tables"),
+          ("evaluate", "refine", "rollout.max_tokens") + _SAMPLING, "the paper's tables"),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 

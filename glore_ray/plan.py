@@ -192,11 +192,11 @@ def compute_plan(cfg: RunConfig) -> Plan:
             gpus=train_gpus))
 
     n_eval = min(cfg.evaluate.n_questions or n_test, n_test)
-    drafts = n_eval * (cfg.evaluate.best_of + 3)  # greedy, best-of-n, global, local
+    drafts = n_eval * (cfg.refine.best_of + 3)  # greedy, best-of-n, global, local
     gen = drafts * a.solution_tokens
-    scored = n_eval * (cfg.evaluate.best_of + 4) * (a.prompt_tokens + a.solution_tokens)
+    scored = n_eval * (cfg.refine.best_of + 4) * (a.prompt_tokens + a.solution_tokens)
     plan.stages.append(StagePlan(
-        "evaluate", f"{n_eval:,} test questions x {cfg.evaluate.best_of + 3} generations",
+        "evaluate", f"{n_eval:,} test questions x {cfg.refine.best_of + 3} generations",
         gen_tokens=gen, gpu_hours=_gpu_hours(gen, a.gen_tokens_per_gpu_s)
         + _gpu_hours(scored, a.score_tokens_per_gpu_s), gpus=pool_gpus))
     return plan

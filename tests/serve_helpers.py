@@ -61,5 +61,5 @@ def start_service(policy: Path, work: Path, overrides: list[str] = ()):
     models = make_smoke_models(policy, work)
     cfg = load_config(REPO / "configs" / "smoke.yaml",
                       ["serve.engine=hf", "serve.host=127.0.0.1", f"serve.port={free_port()}",
-                       "serve.max_new_tokens=48", f"output_dir={work}", *overrides])
+                       "refine.max_new_tokens=48", f"output_dir={work}", *overrides])
     return start(cfg, models), cfg

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ray]
 OVERRIDES = ["policy.sft.steps=2", "policy.sft.batch_size=4", "policy.sft.eval_questions=4",
              "policy.sft.max_new_tokens=96",
              "rollout.n_questions=3", "rollout.max_tokens=64", "evaluate.n_questions=2",
-             "serve.max_new_tokens=96"]
+             "refine.max_new_tokens=96"]
 # Calculator notes as GSM8K writes them (train question 0's gold solution).
 GOLD_STEPS = ["Natalia sold 48/2 = <<48/2=24>>24 clips in May.",
               "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.", "#### 72"]
@@ -101,8 +101,8 @@ def test_one_solve_through_serve_on_the_trained_models(gsm8k_run, ray_local):
     root, _, overrides = gsm8k_run
     cfg = load_config(REPO / "configs" / "gsm8k-smoke.yaml",
                       [*overrides, "serve.engine=hf", "serve.host=127.0.0.1",
-                       f"serve.port={free_port()}", "serve.where_threshold=1.0",
-                       "serve.always_refine=true"])
+                       f"serve.port={free_port()}", "refine.where_threshold=1.0",
+                       "refine.always_refine=true"])
     paths = model_paths_for(cfg)
     # the fine-tuned policy and the run's refiners, not the base model
     assert Path(paths["policy"]) == root / "policy" / "model"

@@ -20,8 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Fields that no stage reads: serving-only settings (the serve graph reads them, not evaluate)
 # and `glore plan`'s cost assumptions. Everything else that is not a knob must be read by a stage.
 NOT_READ_BY_A_STAGE = {"name", "output_dir", "seed", "plan", "serve.default_mode",
-                       "serve.always_refine", "serve.max_question_chars", "serve.engine",
-                       "serve.best_of", "serve.max_best_of"}
+                       "serve.max_question_chars", "serve.engine", "serve.max_best_of"}
 
 
 def _cfg(*overrides: str) -> RunConfig:
@@ -68,18 +67,19 @@ def test_sampling_parameters_resample(override):
     "train.log_every=1", "serve.port=9001", "serve.host=0.0.0.0", "serve.generator_replicas=2",
     "serve.replica_cpus=2", "serve.max_batch_size=4", "serve.generator_max_replicas=4",
     "serve.api_key_env=OTHER", "serve.max_body_bytes=4096", "policy.snapshot_every=10",
-    "serve.default_mode=draft", "serve.best_of=5", "plan.prompt_tokens=50"])
+    "serve.default_mode=draft", "serve.max_best_of=5", "plan.prompt_tokens=50"])
 def test_knobs_and_fields_no_stage_reads_rerun_nothing(override):
     assert _first_rerun(override) is None
 
 
-def test_serve_port_keeps_evaluate_but_the_thresholds_do_not():
+def test_serve_port_keeps_evaluate_but_the_graph_parameters_do_not():
     assert _same("evaluate", "serve.port=9001")
-    assert _first_rerun("serve.where_threshold=0.3") == "evaluate"
-    assert _first_rerun("serve.when_threshold=0.3") == "evaluate"
-    assert _first_rerun("serve.max_new_tokens=64") == "evaluate"
+    assert _first_rerun("refine.where_threshold=0.3") == "evaluate"
+    assert _first_rerun("refine.when_threshold=0.3") == "evaluate"
+    assert _first_rerun("refine.always_refine=false") == "evaluate"
+    assert _first_rerun("refine.max_new_tokens=64") == "evaluate"
     assert _first_rerun("evaluate.n_plot_examples=1") == "evaluate"  # the report changes
-    assert _first_rerun("evaluate.best_of=5") == "evaluate"
+    assert _first_rerun("refine.best_of=5") == "evaluate"
 
 
 def test_label_balance_reruns_label_not_rollout():
@@ -159,7 +159,7 @@ def test_knobs_are_leaf_fields_and_the_expected_ones():
             "train.checkpoint_every", "serve.port", "serve.replica_gpus"} <= set(knobs)
     for content in ("rollout.temperature", "rollout.k_rollouts", "rollout.dtype",
                     "train.num_workers", "train.zero_stage", "train.bf16", "train.use_gpu",
-                    "serve.where_threshold", "evaluate.n_plot_examples", "policy.eval_questions"):
+                    "refine.where_threshold", "evaluate.n_plot_examples", "policy.eval_questions"):
         assert content not in knobs
 
 

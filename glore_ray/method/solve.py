@@ -59,10 +59,12 @@ class GraphParams:
 
     @classmethod
     def from_config(cls, cfg) -> "GraphParams":
-        """A run config's graph: the serve section's decisions, the rollout section's sampling."""
-        s = cfg.serve
-        return cls(when_threshold=s.when_threshold, where_threshold=s.where_threshold,
-                   always_refine=s.always_refine, max_tokens=s.max_new_tokens, best_of=s.best_of,
+        """A run config's graph, the one evaluate runs and Serve is handed: the ``refine``
+        section's decisions, the run's seed, the ``rollout`` section's sampling and length."""
+        r = cfg.refine
+        return cls(when_threshold=r.when_threshold, where_threshold=r.where_threshold,
+                   always_refine=r.always_refine,
+                   max_tokens=r.max_new_tokens or cfg.rollout.max_tokens, best_of=r.best_of,
                    seed=cfg.seed, sample_temperature=cfg.rollout.temperature,
                    sample_top_p=cfg.rollout.top_p)
 

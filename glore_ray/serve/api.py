@@ -39,7 +39,7 @@ class SolveRequest(BaseModel):
 
     question: StrictStr = Field(..., description="the math word problem")
     mode: Mode | None = Field(None, description="default: serve.default_mode (glore)")
-    max_tokens: StrictInt | None = Field(None, ge=1, description="≤ serve.max_new_tokens")
+    max_tokens: StrictInt | None = Field(None, ge=1, description="≤ refine.max_new_tokens")
     n: StrictInt | None = Field(None, ge=1,
                                 description="samples for best_of_n (≤ serve.max_best_of)")
 
@@ -224,8 +224,9 @@ def check_question(question: str, max_chars: int, field: str = "question") -> st
     return q
 
 
-def build_ingress(settings: dict):
-    """The ingress deployment class bound to a FastAPI app made from ``settings``."""
+def build_ingress(settings: dict, params: GraphParams):
+    """The ingress deployment class bound to a FastAPI app made from ``settings``, running the
+    graph ``params`` (``GraphParams.from_config``: the very values the evaluate stage runs)."""
     app = create_app(settings)
 
     @serve.deployment(max_ongoing_requests=256)
@@ -236,13 +237,7 @@ def build_ingress(settings: dict):
             self.s = settings
             self.handles = dict(policy=policy, global_refiner=global_refiner,
                                 local_refiner=local_refiner, orm=orm, sorm=sorm)
-            self.params = GraphParams(
-                when_threshold=settings["when_threshold"],
-                where_threshold=settings["where_threshold"],
-                always_refine=settings["always_refine"], max_tokens=settings["max_new_tokens"],
-                best_of=settings["best_of"],
-                sample_temperature=settings.get("sample_temperature", 1.0),
-                sample_top_p=settings.get("sample_top_p", 1.0))
+            self.params = params
             self.models = Models(
                 policy=self._gen("policy", adapters.get("policy")),
                 global_refiner=self._gen("global_refiner", adapters.get("global")),
@@ -281,7 +276,7 @@ def build_ingress(settings: dict):
 
         async def _solve(self, question: str, mode: str | None, max_tokens: int | None,
                          n: int | None, field_prefix: str = "") -> dict:
-            limit = self.s["max_new_tokens"]
+            limit = self.params.max_tokens
             if max_tokens is not None and max_tokens > limit:
                 raise APIError(422, field_prefix + "max_tokens",
                                f"max_tokens: {max_tokens} requested, the limit is {limit}")

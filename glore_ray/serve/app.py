@@ -15,6 +15,7 @@ from typing import Any
 from ray import serve
 
 from glore_ray.config import RunConfig, ServeConfig, load_config
+from glore_ray.method.solve import GraphParams
 from glore_ray.serve.api import build_ingress
 from glore_ray.serve.deployments import Generator, RewardModel, is_lora_folder
 
@@ -55,9 +56,9 @@ def _options(s: ServeConfig, replicas: int, max_replicas: int) -> dict[str, Any]
     return opts
 
 
-def ingress_settings(s: ServeConfig, sampling: Any = None) -> dict[str, Any]:
-    """The ingress's settings: the serve section, the API key, and the sampling of best-of-n
-    (``sampling`` = the run's ``rollout`` section, so serving samples as evaluate does).
+def ingress_settings(s: ServeConfig) -> dict[str, Any]:
+    """The ingress's settings: the serve section and the API key (the graph's parameters come
+    from ``GraphParams.from_config``, as in evaluate).
 
     A key that is configured (``serve.api_key_env`` names a variable) but unset here fails
     closed: the service refuses to start rather than serve everyone."""
@@ -70,8 +71,6 @@ def ingress_settings(s: ServeConfig, sampling: Any = None) -> dict[str, Any]:
                 f"serve.api_key_env names ${s.api_key_env}, which is unset or empty here: export "
                 f"it (clients then send 'Authorization: Bearer KEY'), or set "
                 f"serve.api_key_env=null to serve without a key")
-    settings["sample_temperature"] = sampling.temperature if sampling is not None else 1.0
-    settings["sample_top_p"] = sampling.top_p if sampling is not None else 1.0
     return settings
 
 
@@ -108,7 +107,7 @@ def build_app(cfg: RunConfig, model_paths: dict[str, str], scorer_cls: Any = Non
     sorm = RewardModel.options(name="sorm", **rew_opts).bind(
         model_paths["sorm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls,
         chat=cfg.policy.chat_template)
-    ingress = build_ingress(ingress_settings(s, cfg.rollout)).options(
+    ingress = build_ingress(ingress_settings(s), GraphParams.from_config(cfg)).options(
         name="ingress", ray_actor_options={"num_cpus": 0})
     return ingress.bind(policy, global_, local, orm, sorm, adapters)
 
@@ -171,7 +170,7 @@ def serve_foreground(cfg: RunConfig) -> int:
     from glore_ray.ray_env import init_ray
 
     model_paths = model_paths_for(cfg)  # fail before starting anything
-    ingress_settings(cfg.serve, cfg.rollout)  # a configured API key must be set
+    ingress_settings(cfg.serve)  # a configured API key must be set
     init_ray()
 
     def _stop(*_) -> None:  # SIGTERM (kill, systemd, k8s) stops as cleanly as Ctrl-C

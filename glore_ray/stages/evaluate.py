@@ -7,7 +7,7 @@
    reranker needs).
 2. Refinement — accuracy of: greedy draft; best-of-N policy samples reranked by the ORM; global
    only; local only (SORM-located); global + local + ORM rerank over {draft, global, local}, always
-   (the paper's main table) and gated by the ORM's *when* (``serve.when_threshold``); *oracle-when*
+   (the paper's main table) and gated by the ORM's *when* (``refine.when_threshold``); *oracle-when*
    variants that refine only the drafts that are really wrong; and the *oracle-rerank* ceiling
    (right when any of the three candidates is). For each: the share of wrong drafts it fixes and
    of right drafts it breaks.
@@ -182,12 +182,13 @@ def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: B
               t_stage: float) -> dict:
     qs = [q.question for q in questions]
     has_oracle = all(q.oracle for q in questions)
-    sv, n, k = cfg.serve, len(questions), cfg.evaluate.best_of
+    params, n = GraphParams.from_config(cfg), len(questions)
+    k = params.best_of
     models, orm, sorm = backends.models, backends.orm, backends.sorm
     # The serving graph on every test question at once: refine always (the paper's main table;
     # the ORM-gated rows below apply *when* to the same candidates), then best-of-n.
-    params = dataclasses.replace(GraphParams.from_config(cfg), always_refine=True, best_of=k)
-    solved = asyncio.run(solve(qs, "glore", models, params))
+    solved = asyncio.run(solve(qs, "glore", models,
+                               dataclasses.replace(params, always_refine=True)))
     sampled = asyncio.run(solve(qs, "best_of_n", models, params))
     timings = {f"glore_{s}": round(v / 1000, 1) for s, v in solved[0].timings_ms.items()}
     timings.update({f"best_of_n_{s}": round(v / 1000, 1)
@@ -207,7 +208,7 @@ def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: B
     glore_choice = [r.candidate(r.chosen).text for r in solved]
     # *When* from the ORM as in serving's gated mode; the oracle-rerank ceiling is right whenever
     # any of {draft, global, local} is.
-    refine = [should_refine(c.orm_score, sv.when_threshold) for c in draft_c]
+    refine = [should_refine(c.orm_score, params.when_threshold) for c in draft_c]
     chosen = {
         "greedy": drafts, "best_of_n": [r.candidate(r.chosen).text for r in sampled],
         "global": globals_, "local": locals_, "glore": glore_choice,
@@ -267,7 +268,7 @@ def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: B
         "best_of_n_samples": sampling,
         "reward_models": reward,
         "located_share": sum(b is not None for b in located) / n,
-        "thresholds": {"when": sv.when_threshold, "where": sv.where_threshold},
+        "thresholds": {"when": params.when_threshold, "where": params.where_threshold},
         "refined_share_when": sum(refine) / n,
         "evaluate_timings_s": timings, "stage_seconds": _stage_seconds(paths),
     }

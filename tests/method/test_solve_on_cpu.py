@@ -8,7 +8,6 @@ import asyncio
 
 from glore_ray.config import load_config
 from glore_ray.method.solve import GraphParams, Models, solve
-from glore_ray.serve.app import ingress_settings
 
 # Each question says which answers its draft and refinements give and how the ORM/SORM score.
 RIGHT = "x = 1\n#### 1"
@@ -95,10 +94,8 @@ def test_ties_keep_the_draft():
 
 def test_best_of_n_samples_with_the_runs_sampling():
     cfg = load_config(None, ["rollout.temperature=0.7", "rollout.top_p=0.9"])
-    s = ingress_settings(cfg.serve, cfg.rollout)
     params = GraphParams.from_config(cfg)
-    assert (params.sample_temperature, params.sample_top_p) == (s["sample_temperature"],
-                                                                s["sample_top_p"]) == (0.7, 0.9)
+    assert (params.sample_temperature, params.sample_top_p) == (0.7, 0.9)
     calls: list = []
     out = asyncio.run(solve(["x are 1.", "y are 2."], "best_of_n", _models(calls), params,
                             best_of=3))

@@ -81,7 +81,8 @@ class TestBadInputOnService:
 
         url, _ = start_service(policy_dir(request), tmp_path_factory.mktemp("serve_bad"),
                                [f"serve.max_question_chars={MAX_CHARS}",
-                                f"serve.max_new_tokens={MAX_TOKENS}", f"serve.max_best_of={MAX_N}"])
+                                f"refine.max_new_tokens={MAX_TOKENS}",
+                                f"serve.max_best_of={MAX_N}"])
         try:
             yield url
         finally:

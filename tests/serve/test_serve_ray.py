@@ -14,7 +14,7 @@ pytestmark = pytest.mark.ray
 
 # where_threshold=1.0: every SORM probability is below it, so the local refiner always runs
 # (the smoke ORM/SORM heads are untrained).
-OVERRIDES = ["serve.where_threshold=1.0", "serve.always_refine=true"]
+OVERRIDES = ["refine.where_threshold=1.0", "refine.always_refine=true"]
 
 
 @pytest.fixture(scope="module")
