@@ -7,7 +7,7 @@
 No model: the script writes a synthetic run folder holding exactly what the label stage reads, in
 the formats the real stages write — ``data/train.parquet`` (``records.Question``, arithmetic-world
 oracle included), ``sample/samples.parquet/`` and ``rollout/rollouts.parquet/`` (folders of parts,
-``rollout.SAMPLE_SCHEMA`` / ``ROLLOUT_SCHEMA``). Solutions are arithmetic chains of 2–6 steps
+``sample.SAMPLE_SCHEMA`` / ``rollout.ROLLOUT_SCHEMA``). Solutions are arithmetic chains of 2–6 steps
 ``a op b = c`` (each result feeds the next step) and a ``#### n`` line; ~40% of samples are right,
 a wrong one has an arithmetic slip (or a wrong answer line) and carries the wrong value on. Every
 prefix gets K rollouts: from a right prefix each is right with a per-question probability
@@ -136,9 +136,13 @@ def write_run(root: Path, n_rollouts: int, k_samples: int, k: int, seed: int,
     import pyarrow.parquet as pq
 
     try:
-        from glore_ray.stages.rollout import ROLLOUT_SCHEMA, SAMPLE_SCHEMA
-    except ImportError:  # before the stages/ layout
-        from glore_ray.rollout import ROLLOUT_SCHEMA, SAMPLE_SCHEMA
+        from glore_ray.stages.rollout import ROLLOUT_SCHEMA
+        from glore_ray.stages.sample import SAMPLE_SCHEMA
+    except ImportError:  # before one module per stage: both in stages/rollout.py, or earlier
+        try:
+            from glore_ray.stages.rollout import ROLLOUT_SCHEMA, SAMPLE_SCHEMA
+        except ImportError:  # before the stages/ layout
+            from glore_ray.rollout import ROLLOUT_SCHEMA, SAMPLE_SCHEMA
 
     if n_rollouts % k:
         raise SystemExit(f"--rollouts {n_rollouts} is not a multiple of --k-rollouts {k}")

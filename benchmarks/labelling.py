@@ -46,13 +46,15 @@ def main() -> None:
     args = ap.parse_args()
 
     from glore_ray.config import LabelConfig, load_config
-    from glore_ray.data.questions import load
     from glore_ray.method import budgeted
-    from glore_ray.policy import ASSETS, recipe_hash
     from glore_ray.prompts import policy_prompt
     from glore_ray.records import Rollout, Sample
+    from glore_ray.stages.data import load
+    from glore_ray.stages.generation import request_seed
     from glore_ray.stages.label import make_labels
-    from glore_ray.stages.rollout import RolloutActor, grade_sample, request_seed
+    from glore_ray.stages.rollout import RolloutActor
+    from glore_ray.stages.sample import grade_sample
+    from glore_ray.train.tiny_policy import ASSETS, recipe_hash
 
     cfg = load_config(args.config, args.overrides)
     model = cfg.policy.model or str(ASSETS / recipe_hash(cfg))

@@ -130,9 +130,8 @@ def _sample_to(args, cfg, pol: Path, cache: Path) -> None:
 
 
 def main() -> None:
-    from glore_ray import policy
     from glore_ray.config import load_config
-    from glore_ray.train import reward
+    from glore_ray.train import reward, tiny_policy
     from glore_ray.train.loop import LoopSpec, lr_lambda
 
     ap = argparse.ArgumentParser()
@@ -163,7 +162,7 @@ def main() -> None:
 
         pol = Path(resolve_model(cfg.policy.model))
     else:
-        pol = policy.ASSETS / policy.recipe_hash(cfg)
+        pol = tiny_policy.ASSETS / tiny_policy.recipe_hash(cfg)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(pol)

@@ -75,7 +75,7 @@ def finetune(policy: str, pairs, steps: int, lr: float, seed: int = 0):
     target only (the pipeline trains the same loss under Ray Train + DeepSpeed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from glore_ray.policy import _batches, collate, encode_pairs, sft_step
+    from glore_ray.train.tiny_policy import _batches, collate, encode_pairs, sft_step
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(policy)

@@ -71,7 +71,7 @@ def main() -> None:
     from glore_ray.config import load_config
     from glore_ray.pipeline import RunPaths, run_stage
     from glore_ray.ray_env import init_ray
-    from glore_ray.stages.rollout import run_rollout, run_sample
+    from glore_ray.stages import rollout, sample
 
     ncpu = os.cpu_count() or 1
     cfg = load_config(args.config, [
@@ -102,15 +102,15 @@ def main() -> None:
 
     results: dict = {}
     c, ns = variant("sample_vllm", "vllm")
-    results["sample_vllm"] = rates(run_sample(c, ns, log))
+    results["sample_vllm"] = rates(sample.run(c, ns, log))
     vllm_samples = ns.samples
     c, ns = variant("sample_hf", "hf")
-    results["sample_hf"] = rates(run_sample(c, ns, log))
+    results["sample_hf"] = rates(sample.run(c, ns, log))
     for name, engine, caching in [("rollout_vllm_cache_on", "vllm", True),
                                   ("rollout_vllm_cache_off", "vllm", False),
                                   ("rollout_hf", "hf", True)]:
         c, ns = variant(name, engine, caching, samples=vllm_samples)
-        s = run_rollout(c, ns, log)
+        s = rollout.run(c, ns, log)
         results[name] = {**rates(s), "n_rollouts": s["n_rollouts"], "n_prefixes": s["n_prefixes"]}
 
     import ray

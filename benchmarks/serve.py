@@ -111,7 +111,7 @@ def main() -> int:
     if args.trained:
         models = model_paths_for(cfg)
     else:
-        from glore_ray.policy import ASSETS, recipe_hash
+        from glore_ray.train.tiny_policy import ASSETS, recipe_hash
 
         models = make_smoke_models(args.policy or ASSETS / recipe_hash(cfg), work)
     qs = questions(cfg, 256)

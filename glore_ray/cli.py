@@ -136,8 +136,8 @@ def dispatch(command: str, cfg: RunConfig, force: bool = False, until: str | Non
     if command in STAGE_NAMES:
         with pipeline.run_lock(cfg):
             pipeline.save_config(cfg)
-            summary = pipeline.run_stage(cfg, command, _log, force=force)
-        return 0 if summary is not None else 3
+            pipeline.run_stage(cfg, command, _log, force=force)
+        return 0
     if command == "serve":
         from glore_ray.serve.app import serve_foreground
 

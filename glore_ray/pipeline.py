@@ -1,13 +1,14 @@
 """Stage order, the run folder, and resume.
 
-Each stage is a function ``run(cfg, paths, log) -> dict`` (a small summary) in the module whose
-name says what it does. A stage's outputs live in its own folder with a ``_DONE.json`` naming the
-hash of what the stage reads (``Stage.reads``: whole sections such as ``"label"`` or single fields
-such as ``"rollout.k_rollouts"``) and what every stage upstream of it reads, plus the seed, with
-the config's *knobs* left out (fields declared with ``config.knob()``: pool and batch sizes, actor
-and worker resources, ports, checkpoint cadence, ...). Rerunning a finished stage with the same
-config is a no-op; changing ``label.balance`` reruns label and everything after it, but not the
-rollouts; changing ``rollout.k_rollouts`` reruns rollout onwards but keeps the samples;
+Each stage is one module, ``glore_ray/stages/<name>.py``, holding ``run(cfg, paths, log) -> dict``
+(a small summary), ``READS``, ``WHAT`` and, for a stage that keeps its finished parts across an
+interruption, ``RESUMES = True``. A stage's outputs live in its own folder with a ``_DONE.json``
+naming the hash of what the stage reads (``READS``: whole sections such as ``"label"`` or single
+fields such as ``"rollout.k_rollouts"``) and what every stage upstream of it reads, plus the seed,
+with the config's *knobs* left out (fields declared with ``config.knob()``: pool and batch sizes,
+actor and worker resources, ports, checkpoint cadence, ...). Rerunning a finished stage with the
+same config is a no-op; changing ``label.balance`` reruns label and everything after it, but not
+the rollouts; changing ``rollout.k_rollouts`` reruns rollout onwards but keeps the samples;
 ``rollout.temperature`` re-samples; ``rollout.max_actors`` or ``serve.port`` reruns nothing.
 """
 
@@ -15,54 +16,50 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
 
 import yaml
 
 from glore_ray.config import RunConfig
 from glore_ray.records import write_json
+from glore_ray.stages import data, evaluate, label, policy, rollout, sample, train
 
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
-    target: str  # "module:function"
-    # Dotted config paths this stage itself reads (a section, or one field); knobs in a section
-    # are left out of the hash. What upstream stages read is added by ``stage_hash``.
-    reads: tuple[str, ...]
-    what: str
+    """A stage module under its name: ``run``, ``reads``, ``what`` and ``resumes`` are its own."""
+
+    module: ModuleType
+
+    @property
+    def name(self) -> str:
+        return self.module.__name__.rsplit(".", 1)[-1]
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Dotted config paths this stage itself reads (a section, or one field); knobs in a
+        section are left out of the hash. What upstream stages read is added by ``stage_hash``."""
+        return self.module.READS
+
+    @property
+    def what(self) -> str:
+        return self.module.WHAT
+
+    @property
+    def resumes(self) -> bool:
+        return getattr(self.module, "RESUMES", False)
+
+    def run(self, cfg: RunConfig, paths: RunPaths, log=print) -> dict:
+        return self.module.run(cfg, paths, log)
 
 
-# The sampling fields every generating stage reads (engine and sampler; the pool is all knobs).
-_SAMPLING = ("rollout.engine", "rollout.dtype", "rollout.temperature", "rollout.top_p",
-             "rollout.max_model_len", "rollout.context_cap")  # what fits the context
-
-STAGES: list[Stage] = [
-    Stage("data", "glore_ray.data.questions:run", ("data",), "load or generate the questions"),
-    # The tiny policy's recipe and the world's tokenizer (data, upstream).
-    Stage("policy", "glore_ray.policy:stage", ("policy",), "the base policy model"),
-    Stage("sample", "glore_ray.stages.rollout:run_sample",
-          _SAMPLING + ("rollout.n_questions", "rollout.k_samples", "rollout.max_tokens"),
-          "K samples per question"),
-    Stage("rollout", "glore_ray.stages.rollout:run_rollout",
-          ("rollout.k_rollouts", "rollout.rollout_questions", "rollout.budgeted",
-           "rollout.budget_chunk"),
-          "K rollouts per step prefix"),
-    Stage("label", "glore_ray.stages.label:run", ("label",), "ORM/SORM labels and training sets"),
-    Stage("train", "glore_ray.stages.train:run", ("train",), "ORM, SORM and both refiners"),
-    # The graph as Serve runs it (`refine`: thresholds, best-of-n, lengths, with the sampler's
-    # temperature/top_p and rollout.max_tokens as the default length); `serve` is serving only.
-    Stage("evaluate", "glore_ray.stages.evaluate:run",
-          ("evaluate", "refine", "rollout.max_tokens") + _SAMPLING, "the paper's tables"),
-]
+STAGES: list[Stage] = [Stage(m) for m in (data, policy, sample, rollout, label, train, evaluate)]
 STAGE_NAMES = [s.name for s in STAGES]
 
 
@@ -76,6 +73,11 @@ class RunPaths:
 
     def stage(self, name: str) -> Path:
         return self.root / name
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Every stage's folder name, in stage order (for a stage that reports on the others)."""
+        return list(STAGE_NAMES)
 
     @property
     def questions_train(self) -> Path:
@@ -162,29 +164,13 @@ def mark_done(cfg: RunConfig, paths: RunPaths, name: str, summary: dict, seconds
                {"hash": stage_hash(cfg, name), "seconds": round(seconds, 2), "summary": summary})
 
 
-def resolve(stage: Stage) -> Callable | None:
-    """The stage function, or None when that stage has not been built in this version."""
-    module, func = stage.target.split(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == module or module.startswith(e.name + ".")):
-            return None
-        raise
-    return getattr(mod, func, None)
-
-
-def run_stage(cfg: RunConfig, name: str, log=print, force: bool = False) -> dict | None:
-    """Run one stage (skipping it when already done for this config). None = not built yet."""
+def run_stage(cfg: RunConfig, name: str, log=print, force: bool = False) -> dict:
+    """Run one stage (skipping it when already done for this config); returns its summary."""
     stage = next(s for s in STAGES if s.name == name)
     paths = RunPaths(cfg)
     if not force and is_done(cfg, paths, name):
         log(f"[{name}] already done for this config: skipped")
         return json.loads((paths.stage(name) / "_DONE.json").read_text())["summary"]
-    fn = resolve(stage)
-    if fn is None:
-        log(f"[{name}] NOT BUILT YET in this version ({stage.what}); stopping here")
-        return None
     for s in STAGES[: STAGE_NAMES.index(name)]:
         if not is_done(cfg, paths, s.name):
             raise ValueError(f"stage {name!r} needs stage {s.name!r} first "
@@ -194,15 +180,14 @@ def run_stage(cfg: RunConfig, name: str, log=print, force: bool = False) -> dict
     # finished model) and was started for this very config.
     started = paths.stage(name) / "_STARTED.json"
     h = stage_hash(cfg, name)
-    resumable = getattr(sys.modules[fn.__module__], "RESUMES", False)
     if paths.stage(name).exists() and not (
-            resumable and started.exists() and json.loads(started.read_text())["hash"] == h):
+            stage.resumes and started.exists() and json.loads(started.read_text())["hash"] == h):
         shutil.rmtree(paths.stage(name))
     paths.stage(name).mkdir(parents=True, exist_ok=True)
     write_json(started, {"hash": h})
     log(f"[{name}] {stage.what} ...")
     t0 = time.time()
-    summary = fn(cfg, paths, log) or {}
+    summary = stage.run(cfg, paths, log) or {}
     seconds = time.time() - t0
     mark_done(cfg, paths, name, summary, seconds)
     log(f"[{name}] done in {seconds:.1f}s")
@@ -255,14 +240,7 @@ def run_all(cfg: RunConfig, log=print, until: str | None = None) -> dict:
     t0 = time.time()
     for i, s in enumerate(STAGES, 1):
         log(f"=== pipeline: stage {i}/{len(STAGES)} {s.name} ({time.time() - t0:.0f}s elapsed) ===")
-        summary = run_stage(cfg, s.name, log)
-        if summary is None:
-            missing = STAGE_NAMES[STAGE_NAMES.index(s.name):]
-            log(f"pipeline: ran {STAGE_NAMES[:STAGE_NAMES.index(s.name)]}; "
-                f"not built yet: {missing}. No results are reported for those stages.")
-            summaries["not_built"] = missing
-            break
-        summaries[s.name] = summary
+        summaries[s.name] = run_stage(cfg, s.name, log)
         if s.name == until:
             break
     return summaries

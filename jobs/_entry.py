@@ -5,7 +5,7 @@
         -- python jobs/sample.py configs/gsm8k-llama2-7b.yaml rollout.k_samples=32
 
 Each script is ``glore <command> CONFIG [key=value ...]`` and exits with the CLI's code (0 ok,
-1 a stage failed, 2 bad input, 3 stage not built), so the job's status is the stage's outcome.
+1 a stage failed, 2 bad input), so the job's status is the stage's outcome.
 
 The package need not be installed on the cluster: ``--working-dir`` ships this repository, and the
 repository root is put first on ``sys.path`` so the shipped code wins over any installed copy (the

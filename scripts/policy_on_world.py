@@ -15,10 +15,10 @@ import json
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from glore_ray import policy
     from glore_ray.config import load_config
     from glore_ray.data import worlds
     from glore_ray.data.dependency import validation
+    from glore_ray.train import tiny_policy
 
     ap = argparse.ArgumentParser()
     ap.add_argument("policy")
@@ -33,7 +33,7 @@ def main() -> None:
     train, test = worlds.generate(cfg.data)
     w = worlds.world_config(cfg.data)
     val = validation(w, w.seed, args.questions, {q.question for q in train + test})
-    m = policy.evaluate_policy(model, tok, val, pass_k=args.pass_k)
+    m = tiny_policy.evaluate_policy(model, tok, val, pass_k=args.pass_k)
     print(json.dumps({k: m[k] for k in ("greedy_accuracy", "binding_share", "error_kinds",
                                          f"pass@{args.pass_k}") if k in m}))
 

@@ -24,10 +24,10 @@ import json
 import time
 from pathlib import Path
 
-from glore_ray import policy
 from glore_ray.config import load_config
 from glore_ray.data import worlds
 from glore_ray.records import write_json
+from glore_ray.train import tiny_policy
 
 REGIME = (0.40, 0.65)  # greedy accuracy on validation
 MAX_BINDING = 0.25  # share of the wrong greedy drafts that misread the question
@@ -66,24 +66,24 @@ def main() -> None:
         cfg.policy.stop_at = None
 
         def on_snapshot(step, model, tokenizer, loss) -> bool:
-            m = policy.evaluate_policy(model, tokenizer, val, pass_k=0)
+            m = tiny_policy.evaluate_policy(model, tokenizer, val, pass_k=0)
             if in_regime(m):
-                m = policy.evaluate_policy(model, tokenizer, val, pass_k=8)
+                m = tiny_policy.evaluate_policy(model, tokenizer, val, pass_k=8)
             point = {"step": step, "loss": round(loss, 4), "seconds": round(time.time() - t0),
                      **{k: m[k] for k in ("greedy_accuracy", "binding_share", "error_kinds")},
                      **({"pass@8": m["pass@8"]} if "pass@8" in m else {})}
             curve.append(point)
             log(f"[select] {json.dumps(point)}")
             if args.snapshots:
-                policy.save_policy(model, tokenizer, args.snapshots / f"step-{step:05d}",
-                                   {"validation": m, "step": step, "loss": loss})
+                tiny_policy.save_policy(model, tokenizer, args.snapshots / f"step-{step:05d}",
+                                        {"validation": m, "step": step, "loss": loss})
                 write_json(args.snapshots / "curve.json", curve)
             if not chosen and "pass@8" in m and m["pass@8"] >= m["greedy_accuracy"] + HEADROOM:
                 chosen.update(step=step, val=m)
                 return not args.full
             return False
 
-        model, tokenizer = policy.train_policy(cfg, train, log, on_snapshot)
+        model, tokenizer = tiny_policy.train_policy(cfg, train, log, on_snapshot)
         if chosen:
             cfg.policy.stop_at = chosen["step"]
             if args.full:  # ship the chosen snapshot, not the end of the schedule
@@ -91,18 +91,19 @@ def main() -> None:
         else:  # keep the fully trained model for inspection; the caller gets exit code 1
             log("[select] no snapshot reached the regime on validation: shipping the full schedule")
     else:
-        model, tokenizer = policy.train_policy(cfg, train, log)
+        model, tokenizer = tiny_policy.train_policy(cfg, train, log)
     seconds = time.time() - t0
-    metrics = policy.evaluate_policy(model, tokenizer, test[: cfg.policy.eval_questions], pass_k=8)
+    metrics = tiny_policy.evaluate_policy(model, tokenizer, test[: cfg.policy.eval_questions],
+                                          pass_k=8)
     metrics["train_seconds"] = round(seconds, 1)
     if chosen:
         metrics["validation"] = dict(chosen["val"])
     if curve:
         metrics["validation_curve"] = curve
-    dest = policy.ASSETS / policy.recipe_hash(cfg)
-    policy.save_policy(model, tokenizer, dest, {
-        "hash": policy.recipe_hash(cfg), "metrics": metrics,
-        "recipe": {"policy": cfg.policy.model_dump(mode="json", exclude=policy._NOT_RECIPE),
+    dest = tiny_policy.ASSETS / tiny_policy.recipe_hash(cfg)
+    tiny_policy.save_policy(model, tokenizer, dest, {
+        "hash": tiny_policy.recipe_hash(cfg), "metrics": metrics,
+        "recipe": {"policy": cfg.policy.model_dump(mode="json", exclude=tiny_policy._NOT_RECIPE),
                    "world": worlds.world_config(cfg.data).model_dump(mode="json")}})
     log(json.dumps({"dest": str(dest), "stop_at": cfg.policy.stop_at,
                     **{k: v for k, v in metrics.items() if k != "validation_curve"}}, indent=1))

@@ -21,7 +21,7 @@ def tiny_policy() -> Path:
     """The smoke config's shipped tiny Llama policy (an HF folder: config, weights, tokenizer)."""
     from glore_ray.config import load_config
     from glore_ray.hub import resolve_model
-    from glore_ray.policy import ASSETS, recipe_hash
+    from glore_ray.train.tiny_policy import ASSETS, recipe_hash
 
     cfg = load_config(REPO / "configs" / "smoke.yaml")
     path = Path(resolve_model(cfg.policy.model)) if cfg.policy.model else (

@@ -167,7 +167,7 @@ def test_cluster_yaml_passes_ray_validation():
 
 def _requests(cfg: RunConfig) -> dict[str, tuple[dict[str, float], int]]:
     """What the stages ask Ray for: (resources of one actor/worker, how many at once).
-    rollout.py: map_batches(num_cpus=, num_gpus=, ActorPoolStrategy(max_size=max_actors));
+    generation.py: map_batches(num_cpus=, num_gpus=, ActorPoolStrategy(max_size=max_actors));
     Ray Train: ScalingConfig(num_workers, use_gpu, resources_per_worker={CPU: cpus_per_worker})."""
     r, t = cfg.rollout, cfg.train
     worker = {"CPU": t.cpus_per_worker, **({"GPU": 1.0} if t.use_gpu else {})}
@@ -321,7 +321,7 @@ def job_policy(tmp_path_factory) -> Path:
     model of the same recipe (the jobs test plumbing, not accuracy; training takes minutes)."""
     from glore_ray.data import worlds
     from glore_ray.hub import resolve_model
-    from glore_ray.policy import ASSETS, build_model, recipe_hash
+    from glore_ray.train.tiny_policy import ASSETS, build_model, recipe_hash
 
     cfg = load_config(REPO / "configs" / "smoke.yaml")
     shipped = (Path(resolve_model(cfg.policy.model)) if cfg.policy.model

@@ -52,7 +52,7 @@ def test_cross_field_rules():
 
 
 def test_policy_sft_needs_a_model_and_leaves_the_tiny_recipe_alone():
-    from glore_ray.policy import recipe_hash
+    from glore_ray.train.tiny_policy import recipe_hash
 
     with pytest.raises(ConfigError, match="policy.sft fine-tunes policy.model"):
         load_config(None, ["policy.sft.steps=3"])

@@ -13,10 +13,12 @@
    of right drafts it breaks.
 
 Refinement is ``method.solve``, the graph Serve runs, over every test question at once. Its
-models run on Ray actors: generation on the rollout stage's Ray Data pools (vLLM when available,
-``rollout.num_cpus`` / ``num_gpus`` per actor), ORM/SORM scoring on a ``ScorerPool`` per reward
-model sized like the service's reward replicas; the driver only joins the small result lists. Writes
-``report.md``, ``metrics.json`` and PNG plots.
+models run on Ray actors: generation on the sampling stages' Ray Data pools (``generation``; vLLM
+when available, ``rollout.num_cpus`` / ``num_gpus`` per actor), ORM/SORM scoring on a
+``ScorerPool`` per reward model sized like the service's reward replicas; the driver only joins
+the small result lists. Reads ``data/test.parquet``, the policy, the four trained models and the
+label stage's held-out SORM split; writes ``evaluate/``: ``report.md``, ``metrics.json`` and PNG
+plots.
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ from glore_ray.engines.base import SamplingSpec
 from glore_ray.method.decide import orm_score, should_refine
 from glore_ray.method.solve import GraphParams, Models, SolveResult, solve
 from glore_ray.records import Question, write_json
-from glore_ray.train.reward import step_metrics
+from glore_ray.stages.generation import SAMPLING_READS
 
+# The graph as Serve runs it (`refine`: thresholds, best-of-n, lengths, with the sampler's
+# temperature/top_p and rollout.max_tokens as the default length); `serve` is serving only.
+READS = ("evaluate", "refine", "rollout.max_tokens") + SAMPLING_READS
+WHAT = "the paper's tables"
 STRATEGIES = ["greedy", "best_of_n", "global", "local", "glore", "glore_when", "global_oracle_when",
               "local_oracle_when", "glore_oracle_when", "glore_oracle_rerank"]
 
@@ -61,10 +67,10 @@ def within_question_pairwise(final: list[float], ok: list[bool], groups: list[in
 # ------------------------------------------------------------------ the models, on actor pools
 
 def _generator(cfg: RunConfig, model_path: str, log):
-    """A batch generator for ``solve``: one Ray Data actor pool per call (rollout.generate_texts,
-    the rollout stage's pool settings). Blocking on purpose: global and local then run one after
-    the other, each with the whole pool."""
-    from glore_ray.stages.rollout import generate_texts
+    """A batch generator for ``solve``: one Ray Data actor pool per call
+    (``generation.generate_texts``, the rollout section's pool settings). Blocking on purpose:
+    global and local then run one after the other, each with the whole pool."""
+    from glore_ray.stages.generation import generate_texts
 
     async def call(prompts: list[str], spec: SamplingSpec) -> list[list[str]]:
         t0 = time.time()
@@ -135,8 +141,8 @@ def final_metrics(probs: list[list[float]], correct: list[bool]) -> dict:
 # ------------------------------------------------------------------ the stage
 
 def run(cfg: RunConfig, paths, log=print) -> dict:
-    from glore_ray.data.questions import read
     from glore_ray.ray_env import init_ray
+    from glore_ray.stages.data import read
 
     t_stage = time.time()
     questions: list[Question] = read(paths, "test")[: cfg.evaluate.n_questions]
@@ -180,6 +186,8 @@ def solve_offline(cfg: RunConfig, paths, questions: list[str], mode: str,
 
 def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: Backends,
               t_stage: float) -> dict:
+    from glore_ray.train.reward import step_metrics  # imports torch: only when the stage runs
+
     qs = [q.question for q in questions]
     has_oracle = all(q.oracle for q in questions)
     params, n = GraphParams.from_config(cfg), len(questions)
@@ -296,6 +304,8 @@ def _vs_rollout_labels(paths, orm, sorm) -> dict:
     """ORM/SORM on the label stage's held-out SORM split, against its (cleaned) rollout labels."""
     import pandas as pd
 
+    from glore_ray.train.reward import step_metrics
+
     f = paths.training_set("sorm") / "eval.parquet"
     if not f.exists():
         return {}
@@ -309,10 +319,8 @@ def _vs_rollout_labels(paths, orm, sorm) -> dict:
 
 
 def _stage_seconds(paths) -> dict:
-    from glore_ray.pipeline import STAGE_NAMES
-
     out = {}
-    for name in STAGE_NAMES:
+    for name in paths.stage_names:
         f = paths.stage(name) / "_DONE.json"
         if f.exists():
             out[name] = json.loads(f.read_text()).get("seconds")

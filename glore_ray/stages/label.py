@@ -31,13 +31,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from glore_ray.config import LabelConfig, RunConfig
 from glore_ray.method.labels import label_quality, label_sample, quality_counts, quality_report
 from glore_ray.method.pairs import correct_solutions, global_pairs, local_pairs
 from glore_ray.records import Question, Rollout, Sample, StepLabel
+
+READS = ("label",)
+WHAT = "ORM/SORM labels and training sets"
 
 # One row per labelled sample: what label_question hands the driver.
 _F, _S = pa.list_(pa.float64()), pa.list_(pa.string())
@@ -215,6 +217,8 @@ class _Tally:
 
 def _parts(path: Path) -> list[tuple[str, int]]:
     """The Parquet files of a file-or-folder output in read order, with their row offsets."""
+    import pyarrow.dataset as pads  # imports pandas: only when the stage runs
+
     if not path.exists():
         return []
     files = pads.dataset(str(path), format="parquet").files

@@ -20,6 +20,8 @@ from pathlib import Path
 from glore_ray.config import RunConfig
 from glore_ray.records import write_json
 
+READS = ("train",)
+WHAT = "ORM, SORM and both refiners"
 MODELS = ("orm", "sorm", "global", "local")
 # A rerun after a killed driver keeps the models already finished for this config (the pipeline
 # keeps this stage's folder when it was started for the same config hash).

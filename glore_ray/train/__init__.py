@@ -5,6 +5,8 @@
 - ``sft.py``         refiner data and loss (target tokens only)
 - ``ray_trainer.py`` ``TorchTrainer`` wiring: Ray Data shards, checkpoints, failures, metrics
 - ``warmup.py``      builds DeepSpeed's JIT op into ``TORCH_EXTENSIONS_DIR`` once
+- ``tiny_policy.py`` the tiny base policy of a generated world: recipe, training, evaluation
 
-The train stage that fits the four models in sequence is ``glore_ray/stages/train.py``.
+The train stage that fits the four models in sequence is ``glore_ray/stages/train.py``; the
+policy stage (``glore_ray/stages/policy.py``) trains or copies the tiny policy.
 """

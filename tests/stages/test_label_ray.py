@@ -18,8 +18,8 @@ def _world_rows(cfg, n_q: int = 6):
     """Samples and rollouts written by a deterministic 'policy' that follows the synthetic oracle:
     sample j of a question writes a wrong value at step j-1 (sample 0 is right); a rollout
     from a clean prefix finishes the gold chain on odd k only, from a broken prefix it fails."""
-    from glore_ray.data.questions import load
     from glore_ray.data.worlds import first_wrong_step
+    from glore_ray.stages.data import load
 
     train, _ = load(cfg)
     samples, rollouts = [], []
@@ -45,8 +45,8 @@ def _world_rows(cfg, n_q: int = 6):
 
 def _prepared(tmp_path, smoke_config_path, *over):
     """The smoke config (60 train questions, 5 test) with its questions written: (cfg, paths)."""
-    from glore_ray.data import questions as qstage
     from glore_ray.pipeline import RunPaths
+    from glore_ray.stages import data as qstage
 
     cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=60",
                                           "data.dependency.n_test=5", *over])
@@ -58,9 +58,9 @@ def _prepared(tmp_path, smoke_config_path, *over):
 def test_label_stage_builds_all_four_sets(tmp_path, smoke_config_path):
     import datasets
 
-    from glore_ray.data import questions as qstage
     from glore_ray.pipeline import RunPaths
     from glore_ray.records import StepLabel, read_rows, write_rows
+    from glore_ray.stages import data as qstage
     from glore_ray.stages import label
 
     cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=40",
@@ -100,9 +100,9 @@ def test_label_stage_builds_all_four_sets(tmp_path, smoke_config_path):
 
 
 def test_label_stage_stops_with_advice_when_no_sample_is_right(tmp_path, smoke_config_path):
-    from glore_ray.data import questions as qstage
     from glore_ray.pipeline import RunPaths
     from glore_ray.records import write_rows
+    from glore_ray.stages import data as qstage
     from glore_ray.stages import label
 
     cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=10",
@@ -141,8 +141,6 @@ def test_glore_label_cli_on_smoke_rollouts(tmp_path, smoke_config_path, tiny_pol
     -> `glore label`."""
     from glore_ray import cli, pipeline
 
-    if pipeline.resolve(pipeline.STAGES[pipeline.STAGE_NAMES.index("rollout")]) is None:
-        pytest.skip("rollout stage not built in this version")
     overrides = [f"output_dir={tmp_path}"]
     cfg = load_config(smoke_config_path, overrides)
     try:
@@ -164,11 +162,11 @@ def test_glore_label_cli_on_smoke_rollouts(tmp_path, smoke_config_path, tiny_pol
 def test_label_stage_equals_labelling_in_memory(tmp_path, smoke_config_path):
     """The streamed stage (Ray Data groupby, sorted passes, balancing from counts) writes row for
     row what the plain in-memory rules give: make_labels, method.balance, the pair rules."""
-    from glore_ray.data import questions as qstage
     from glore_ray.method.balance import balance
     from glore_ray.method.pairs import correct_solutions, global_pairs, local_pairs
     from glore_ray.records import StepLabel, read_rows, write_rows
     from glore_ray.stages import build, label
+    from glore_ray.stages import data as qstage
 
     cfg, paths = _prepared(tmp_path, smoke_config_path, "seed=3", "rollout.rollout_questions=null")
     samples, rollouts = _world_rows(cfg, n_q=12)
@@ -216,9 +214,9 @@ def test_label_stage_equals_labelling_in_memory(tmp_path, smoke_config_path):
 def test_label_stage_names_inconsistent_rollouts_in_one_line(tmp_path, smoke_config_path):
     """A rollout of a sample that does not exist, found inside a Ray task, reaches the user as a
     plain ValueError that says what to do, and no set folder looks finished."""
-    from glore_ray.data import questions as qstage
     from glore_ray.pipeline import RunPaths
     from glore_ray.records import write_rows
+    from glore_ray.stages import data as qstage
     from glore_ray.stages import label
 
     cfg = load_config(smoke_config_path, [f"output_dir={tmp_path}", "data.dependency.n_train=20",
@@ -240,8 +238,8 @@ def test_label_stage_with_a_rollout_subset(tmp_path, smoke_config_path):
     """rollout.rollout_questions: every sample reaches the ORM set and global pairs; only the
     rolled-out questions reach the step labels, the SORM set and the local pairs (the stage
     equals labelling in memory with the same subset)."""
-    from glore_ray.data import questions as qstage
     from glore_ray.records import StepLabel, read_rows, write_rows
+    from glore_ray.stages import data as qstage
     from glore_ray.stages import label
     from glore_ray.stages.rollout import rolled_out_qids
 

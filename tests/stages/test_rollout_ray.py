@@ -26,7 +26,8 @@ from glore_ray.method.prefixes import rolled_out
 from glore_ray.pipeline import RunPaths
 from glore_ray.prompts import prefix_text
 from glore_ray.records import Question, Rollout, Sample, read_rows
-from glore_ray.stages.rollout import request_seed, rolled_out_qids
+from glore_ray.stages.generation import request_seed
+from glore_ray.stages.rollout import rolled_out_qids
 
 # ------------------------------------------------------------------ helpers, unit tests
 
@@ -179,7 +180,7 @@ def test_a_batch_that_kills_every_actor_stops_the_stage_and_is_named(
 @pytest.mark.ray
 def test_budgeted_rollouts_run_inside_the_actor(hf_run, tmp_path):
     from glore_ray.method.prefixes import n_prefixes
-    from glore_ray.stages.rollout import run_rollout
+    from glore_ray.stages import rollout
 
     cfg = hf_run.cfg.model_copy(deep=True)
     cfg.rollout.budgeted = True
@@ -187,7 +188,7 @@ def test_budgeted_rollouts_run_inside_the_actor(hf_run, tmp_path):
                             samples=hf_run.paths.samples, policy=hf_run.paths.policy,
                             policy_model=hf_run.paths.policy_model,
                             rollouts=tmp_path / "rollouts.parquet")
-    summary = run_rollout(cfg, paths, log=lambda m: None)
+    summary = rollout.run(cfg, paths, log=lambda m: None)
     rows = read_rows(paths.rollouts, Rollout)
     by_sample = {(s.qid, s.sample_id): s for s in hf_run.samples}
     assert summary["n_rollouts"] == len(rows) <= summary["exhaustive_rollouts"]
@@ -205,7 +206,7 @@ def test_generate_texts_keeps_prompt_order(hf_run, tiny_policy):
     from glore_ray.engines.base import SamplingSpec
     from glore_ray.engines.hf import HFEngine
     from glore_ray.prompts import policy_prompt
-    from glore_ray.stages.rollout import generate_texts
+    from glore_ray.stages.generation import generate_texts
 
     prompts = [policy_prompt(q.question) for q in list(_questions(hf_run.paths).values())[:5]]
     spec = SamplingSpec(n=2, temperature=0.0, max_tokens=48)

@@ -18,8 +18,8 @@ def policy(request, tmp_path_factory) -> Path:
     except (AssertionError, pytest.FixtureLookupError):
         from glore_ray.config import load_config
         from glore_ray.data import synthetic
-        from glore_ray.policy import build_model
         from glore_ray.tokenizer import build_tokenizer
+        from glore_ray.train.tiny_policy import build_model
 
         path = tmp_path_factory.mktemp("random_policy")
         tok = build_tokenizer(synthetic.vocabulary())

@@ -23,9 +23,9 @@ def test_loop_under_torchrun_zero3_lora(tmp_path):
 
     from glore_ray.config import load_config
     from glore_ray.data import synthetic
-    from glore_ray.policy import build_model
     from glore_ray.stages.train import write_synthetic_sets
     from glore_ray.tokenizer import build_tokenizer
+    from glore_ray.train.tiny_policy import build_model
 
     policy = tmp_path / "policy"  # random weights suffice: this checks the mechanics
     tok = build_tokenizer(synthetic.vocabulary())

@@ -27,8 +27,8 @@ def one_rank(tmp_path_factory):
 def _policy(folder) -> str:
     from glore_ray.config import load_config
     from glore_ray.data import synthetic
-    from glore_ray.policy import build_model
     from glore_ray.tokenizer import build_tokenizer
+    from glore_ray.train.tiny_policy import build_model
 
     tok = build_tokenizer(synthetic.vocabulary())
     build_model(load_config(None, ["policy.hidden_size=32", "policy.intermediate_size=64",

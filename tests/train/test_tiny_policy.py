@@ -9,7 +9,7 @@ import pytest
 
 from glore_ray.config import load_config
 from glore_ray.data import worlds
-from glore_ray.policy import ASSETS, evaluate_policy, recipe_hash
+from glore_ray.train.tiny_policy import ASSETS, evaluate_policy, recipe_hash
 from tests.conftest import REPO
 
 
@@ -82,7 +82,7 @@ def test_init_from_continues_a_shipped_policy_and_refuses_a_mismatch():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from glore_ray.policy import train_policy
+    from glore_ray.train.tiny_policy import train_policy
 
     cfg = load_config(REPO / "configs/embedded.yaml",
                       ["policy.model=null", "policy.init_from=5d0b919c0d5a1f60", "policy.steps=1",

@@ -1,10 +1,17 @@
-"""Stage ``data``: the train and test questions of this run, as Parquet."""
+"""Stage ``data``: the train and test questions of this run, as Parquet.
+
+Reads the ``data`` section (a generated world, or GSM8K from JSONL files or the hub); writes
+``data/train.parquet`` and ``data/test.parquet`` (``records.Question`` rows).
+"""
 
 from __future__ import annotations
 
 from glore_ray.config import RunConfig
 from glore_ray.data import worlds
 from glore_ray.records import Question, read_rows, write_rows
+
+READS = ("data",)
+WHAT = "load or generate the questions"
 
 
 def load(cfg: RunConfig) -> tuple[list[Question], list[Question]]:

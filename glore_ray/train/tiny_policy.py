@@ -8,8 +8,8 @@ default): its errors are carries and borrows. Dependency world: the schedule is 
 The recipe (DESIGN §3, calibrated on 2 cores): AdamW lr 1e-3, betas (0.9, 0.98), weight decay 0.1
 on matrices, clip 1.0, 50 warm-up steps then cosine to 1e-4, batch 32, ``policy.steps`` steps,
 batches grouped by length, loss on answer tokens only. A trained checkpoint ships in
-``glore_ray/assets/policies/<recipe hash>/``; the stage reuses it when the config asks for the
-same recipe.
+``glore_ray/assets/policies/<recipe hash>/``; the policy stage (``stages/policy.py``) reuses it
+when the config asks for the same recipe.
 """
 
 from __future__ import annotations
@@ -232,117 +232,3 @@ def save_policy(model, tokenizer, out_dir: Path, meta: dict) -> Path:
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
-
-
-def run(cfg: RunConfig, train: list[Question], test: list[Question], out_dir: Path,
-        log=print) -> Path:
-    """Stage: produce the base policy folder at ``out_dir`` (a pretrained model is used as is)."""
-    if cfg.policy.model is not None:
-        return Path(cfg.policy.model)
-    h = recipe_hash(cfg)
-    if cfg.policy.shipped and (ASSETS / h / "glore_policy.json").exists():
-        log(f"[policy] using the shipped checkpoint for this recipe ({h}); "
-            "set policy.shipped=false to retrain it")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        shutil.copytree(ASSETS / h, out_dir)
-        return out_dir
-    torch.manual_seed(cfg.policy.seed)
-    t0 = time.time()
-    model, tokenizer = train_policy(cfg, train, log)
-    metrics = evaluate_policy(model, tokenizer, test[: cfg.policy.eval_questions])
-    metrics["train_seconds"] = round(time.time() - t0, 1)
-    save_policy(model, tokenizer, out_dir, {"hash": h, "metrics": metrics})
-    log(f"policy: greedy accuracy {metrics['greedy_accuracy']:.3f} on {metrics['n']} test "
-        f"questions; first wrong steps {metrics['first_wrong_step']}")
-    return out_dir
-
-
-def stage(cfg: RunConfig, paths, log=print) -> dict:
-    """Pipeline entry: the tiny policy, a pretrained one as it is, or a pretrained one fine-tuned
-    on the world's gold solutions (``policy.sft``), at ``paths.policy``."""
-    from glore_ray.data.questions import read
-
-    if cfg.policy.model is not None and cfg.policy.sft is not None:
-        return sft_policy(cfg, paths, log)
-    if cfg.policy.model is not None:
-        log(f"[policy] using the pretrained model {cfg.policy.model} as it is")
-        return {"model": paths.policy_model}
-    out = run(cfg, read(paths, "train"), read(paths, "test"), paths.policy, log)
-    return json.loads((out / "glore_policy.json").read_text())["metrics"]
-
-
-def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
-    """``policy.sft``: fine-tune ``policy.model`` on the train split's gold solutions with the
-    refiners' loop (Ray Train + DeepSpeed, loss on the solution tokens only), save the HF folder
-    at ``paths.policy``, then greedy-decode held-out train questions on the rollout pool and report
-    the accuracy and the share of answers with a gradable ``#### n`` line.
-
-    One training row: ``{"qid": "gsm8k-train-00012", "prompt": "Question: ...\nAnswer:\n",
-    "target": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n...\n#### 72"}``"""
-    from glore_ray.data.grading import extract_answer
-    from glore_ray.data.questions import read
-    from glore_ray.hub import resolve_model
-    from glore_ray.stages.build import SCHEMAS, write_set
-    from glore_ray.stages.rollout import generate_texts
-    from glore_ray.train.loop import LoopSpec
-    from glore_ray.train.ray_trainer import fit, load_deepspeed_block
-
-    s, t = cfg.policy.sft, cfg.train
-    base = resolve_model(cfg.policy.model)
-    train = read(paths, "train")
-    if len(train) <= s.eval_questions:
-        raise ValueError(f"policy.sft: the train split has {len(train)} questions, not more than "
-                         f"policy.sft.eval_questions={s.eval_questions}")
-    held, pool = train[-s.eval_questions:], train[:-s.eval_questions][: s.n_questions]
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base)
-    rows = [{"qid": q.qid, "prompt": policy_prompt(q.question), "target": q.gold_solution}
-            for q in pool + held if q.gold_solution.strip()]
-    # a solution longer than train.max_len (default: the model's context) cannot be learned
-    # whole: leave it out, say how many
-    from glore_ray.engines.context import model_context
-
-    max_len = t.max_len or model_context(base) or 2048
-    fits = [len(tok(r["prompt"] + r["target"])["input_ids"]) < max_len for r in rows]
-    if not all(fits):
-        log(f"[policy] {fits.count(False)} of {len(rows)} gold solutions are longer than "
-            f"{max_len} tokens (train.max_len or the model's context): left out of the SFT")
-    rows = [r for r, ok in zip(rows, fits) if ok]
-    folder = paths.stage("policy") / "sft"  # eval.parquet: the held-out questions' gold
-    counts = write_set(folder, rows, SCHEMAS["global"], {q.qid for q in held}, hf=False)
-    per_step = s.batch_size * s.grad_accum * t.num_workers
-    spec = LoopSpec(
-        name="policy", kind="sft", policy=base, epochs=max(1, math.ceil(s.steps * per_step
-                                                                        / counts["train"])),
-        lr=s.lr, batch_size=s.batch_size, grad_accum=s.grad_accum, max_steps=s.steps,
-        warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, engine=t.engine,
-        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, bf16=t.bf16,
-        deepspeed=load_deepspeed_block(t.deepspeed), lora_rank=s.lora_rank,
-        chat_template=cfg.policy.chat_template, checkpoint_every=t.checkpoint_every,
-        log_every=t.log_every, max_len=max_len, seed=cfg.seed)
-    log(f"[policy] fine-tuning {cfg.policy.model} on {counts['train']} gold solutions, "
-        f"{s.steps} steps")
-    fitted = fit(spec, folder / "train.parquet", folder / "eval.parquet",
-                 storage=paths.stage("policy") / "ray",
-                 out_dir=paths.policy, num_workers=t.num_workers, use_gpu=t.use_gpu,
-                 cpus_per_worker=t.cpus_per_worker, resources_per_worker=t.resources_per_worker,
-                 max_failures=t.max_failures, eval_fraction=t.eval_fraction, log=log)
-    greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=s.max_new_tokens, seed=cfg.seed)
-    texts = [c[0] for c in generate_texts(cfg, str(paths.policy),
-                                          [policy_prompt(q.question) for q in held], greedy, log)]
-    metrics = {"model": cfg.policy.model, "base": base, "sft_rows": counts["train"],
-               "sft_steps": s.steps, "fit_seconds": fitted["fit_seconds"],
-               "final_loss": fitted["final"].get("loss"), "n_held_out": len(held),
-               "held_out_greedy_accuracy": sum(is_correct(x, q.answer) for x, q in
-                                               zip(texts, held)) / len(held),
-               "held_out_gradable": sum(extract_answer(x) is not None for x in texts) / len(held),
-               "examples": [{"question": q.question, "greedy": x} for q, x in
-                            zip(held[:2], texts[:2])]}
-    write_json(paths.policy / "glore_policy.json", {"metrics": metrics})
-    log(f"[policy] after SFT: held-out greedy accuracy {metrics['held_out_greedy_accuracy']:.3f},"
-        f" gradable answers {metrics['held_out_gradable']:.3f} ({len(held)} train questions held "
-        "out)")
-    return metrics
-
