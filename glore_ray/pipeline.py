@@ -128,14 +128,6 @@ class RunPaths:
         return self.root / "evaluate"
 
 
-# `policy.sft` fine-tunes with the train section's loop, so these shape the policy too — only
-# then: the tiny policy and a model used as it is never read them.
-SFT_TRAIN_READS = ("train.num_workers", "train.use_gpu", "train.zero_stage",
-                   "train.offload_optimizer", "train.bf16", "train.engine", "train.deepspeed",
-                   "train.max_len", "train.warmup_ratio", "train.weight_decay",
-                   "train.eval_fraction")
-
-
 def stage_reads(name: str, cfg: RunConfig | None = None) -> list[str]:
     """The dotted config paths read by this stage and all stages before it, in stage order
     (with ``cfg``: plus the train fields a ``policy.sft`` fine-tune reads)."""
@@ -143,8 +135,8 @@ def stage_reads(name: str, cfg: RunConfig | None = None) -> list[str]:
         raise KeyError(f"no stage {name!r}; stages: {STAGE_NAMES}")
     reads: list[str] = []
     for s in STAGES[: STAGE_NAMES.index(name) + 1]:
-        extra = SFT_TRAIN_READS if (s.name == "policy" and cfg is not None
-                                    and cfg.policy.sft is not None) else ()
+        extra = policy.SFT_READS if (s.module is policy and cfg is not None
+                                     and cfg.policy.sft is not None) else ()
         reads += [x for x in (*s.reads, *extra) if x not in reads]
     return reads
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from glore_ray import pipeline
 from glore_ray.config import ConfigError, RunConfig, is_knob, load_config
 from glore_ray.pipeline import STAGE_NAMES, STAGES, RunPaths, is_done, mark_done, stage_hash
+from glore_ray.stages.policy import SFT_READS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +134,7 @@ def test_every_read_path_names_a_config_field_and_no_knob():
     cfg = RunConfig()
     for s in STAGES:
         assert s.reads or s.name == "rollout", s.name
-        for path in (*s.reads, *(pipeline.SFT_TRAIN_READS if s.name == "policy" else ())):
+        for path in (*s.reads, *(SFT_READS if s.name == "policy" else ())):
             cfg.get_path(path)  # raises ConfigError on a renamed or misspelt field
             assert not cfg.path_is_knob(path), f"stage {s.name} lists the knob {path}"
     with pytest.raises(ConfigError, match="rollout.k_rolouts"):

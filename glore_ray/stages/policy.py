@@ -14,20 +14,26 @@ HF folder with ``glore_policy.json`` (its metrics).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import time
 from pathlib import Path
 
-from glore_ray.config import RunConfig
+from glore_ray.config import RunConfig, TrainConfig, is_knob
 from glore_ray.data.grading import is_correct
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.prompts import policy_prompt
 from glore_ray.records import Question, write_json
+from glore_ray.train.spec import SHARED_FIELDS
 
 READS = ("policy",)
 WHAT = "the base policy model"
+# With ``policy.sft`` the stage fine-tunes with the train section's loop, so the train fields every
+# fine-tune shares (``train.spec``; knobs left out, they change no output) shape the policy too —
+# only then: the tiny policy and a model used as it is never read them (``pipeline.stage_reads``).
+SFT_READS = tuple(f"train.{f}" for f in SHARED_FIELDS if not is_knob(TrainConfig.model_fields[f]))
 
 
 def run(cfg: RunConfig, paths, log=print) -> dict:
@@ -90,8 +96,8 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
     from glore_ray.stages.build import SCHEMAS, write_set
     from glore_ray.stages.data import read
     from glore_ray.stages.generation import generate_texts
-    from glore_ray.train.loop import LoopSpec
-    from glore_ray.train.ray_trainer import fit, load_deepspeed_block
+    from glore_ray.train.ray_trainer import fit
+    from glore_ray.train.spec import fit_options, loop_spec
 
     s, t = cfg.policy.sft, cfg.train
     base = resolve_model(cfg.policy.model)
@@ -105,11 +111,14 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
     tok = AutoTokenizer.from_pretrained(base)
     rows = [{"qid": q.qid, "prompt": policy_prompt(q.question), "target": q.gold_solution}
             for q in pool + held if q.gold_solution.strip()]
-    # a solution longer than train.max_len (default: the model's context) cannot be learned
-    # whole: leave it out, say how many
     from glore_ray.engines.context import model_context
 
-    max_len = t.max_len or model_context(base) or 2048
+    spec = loop_spec(cfg, "policy", "sft", base, default_max_len=model_context(base) or 2048,
+                     lr=s.lr, batch_size=s.batch_size, grad_accum=s.grad_accum,
+                     max_steps=s.steps, lora_rank=s.lora_rank)
+    # a solution longer than train.max_len (default: the model's context) cannot be learned
+    # whole: leave it out, say how many
+    max_len = spec.max_len
     fits = [len(tok(r["prompt"] + r["target"])["input_ids"]) < max_len for r in rows]
     if not all(fits):
         log(f"[policy] {fits.count(False)} of {len(rows)} gold solutions are longer than "
@@ -117,23 +126,15 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
     rows = [r for r, ok in zip(rows, fits) if ok]
     folder = paths.stage("policy") / "sft"  # eval.parquet: the held-out questions' gold
     counts = write_set(folder, rows, SCHEMAS["global"], {q.qid for q in held}, hf=False)
+    # as many epochs as policy.sft.steps optimizer steps need (the loop stops at max_steps)
     per_step = s.batch_size * s.grad_accum * t.num_workers
-    spec = LoopSpec(
-        name="policy", kind="sft", policy=base, epochs=max(1, math.ceil(s.steps * per_step
-                                                                        / counts["train"])),
-        lr=s.lr, batch_size=s.batch_size, grad_accum=s.grad_accum, max_steps=s.steps,
-        warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay, engine=t.engine,
-        zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer, bf16=t.bf16,
-        deepspeed=load_deepspeed_block(t.deepspeed), lora_rank=s.lora_rank,
-        chat_template=cfg.policy.chat_template, checkpoint_every=t.checkpoint_every,
-        log_every=t.log_every, max_len=max_len, seed=cfg.seed)
+    spec = dataclasses.replace(spec, epochs=max(1, math.ceil(s.steps * per_step
+                                                             / counts["train"])))
     log(f"[policy] fine-tuning {cfg.policy.model} on {counts['train']} gold solutions, "
         f"{s.steps} steps")
     fitted = fit(spec, folder / "train.parquet", folder / "eval.parquet",
-                 storage=paths.stage("policy") / "ray",
-                 out_dir=paths.policy, num_workers=t.num_workers, use_gpu=t.use_gpu,
-                 cpus_per_worker=t.cpus_per_worker, resources_per_worker=t.resources_per_worker,
-                 max_failures=t.max_failures, eval_fraction=t.eval_fraction, log=log)
+                 storage=paths.stage("policy") / "ray", out_dir=paths.policy, log=log,
+                 **fit_options(cfg))
     greedy = SamplingSpec(n=1, temperature=0.0, max_tokens=s.max_new_tokens, seed=cfg.seed)
     texts = [c[0] for c in generate_texts(cfg, str(paths.policy),
                                           [policy_prompt(q.question) for q in held], greedy, log)]

@@ -29,7 +29,8 @@ RESUMES = True
 
 
 def run(cfg: RunConfig, paths, log=print) -> dict:
-    from glore_ray.train.ray_trainer import fit, spec_from_config
+    from glore_ray.train.ray_trainer import fit
+    from glore_ray.train.spec import fit_options, model_spec
 
     policy = paths.policy_model
     missing = [w for w in MODELS if not (paths.training_set(w) / "train.parquet").exists()]
@@ -41,7 +42,7 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
     t0 = time.time()
     for i, which in enumerate(MODELS):
         start = str(paths.model("orm")) if which == "sorm" and t.sorm_from_orm else policy
-        spec = spec_from_config(cfg, which, start)
+        spec = model_spec(cfg, which, start)
         spec = dataclasses.replace(spec, max_len=_max_len(spec, paths.training_set(which),
                                                           t.max_len, log))
         summary["max_len"][which] = spec.max_len
@@ -53,11 +54,8 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
             log(f"[train] model {i + 1}/{len(MODELS)}: {which}")
             s = fit(spec, paths.training_set(which) / "train.parquet",
                     paths.training_set(which) / "eval.parquet",
-                    storage=paths.stage("train") / "ray", out_dir=paths.model(which),
-                    num_workers=t.num_workers, use_gpu=t.use_gpu,
-                    cpus_per_worker=t.cpus_per_worker,
-                    resources_per_worker=t.resources_per_worker, max_failures=t.max_failures,
-                    eval_fraction=t.eval_fraction, log=log)
+                    storage=paths.stage("train") / "ray", out_dir=paths.model(which), log=log,
+                    **fit_options(cfg))
         summary[which] = {k: v for k, v in s["final"].items()
                           if k.startswith("eval_") or k in ("loss", "step", "tokens_per_s")}
         summary[which].update(path=str(paths.model(which)), fit_seconds=s["fit_seconds"],

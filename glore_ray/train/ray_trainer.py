@@ -253,25 +253,6 @@ def _datasets(train_path, eval_path, eval_fraction: float, seed: int, num_worker
     return train_ds, eval_ds
 
 
-def spec_from_config(cfg, which: str, policy: str) -> LoopSpec:
-    """The LoopSpec of one of the four models from ``cfg.train``."""
-    t = cfg.train
-    section = {"orm": t.orm, "sorm": t.sorm, "global": t.global_refiner, "local": t.local_refiner}
-    if which not in section:
-        raise ValueError(f"unknown model {which!r}; expected one of {sorted(section)}")
-    m = section[which]
-    return LoopSpec(
-        name=which, kind="reward" if which in ("orm", "sorm") else "sft", policy=policy,
-        epochs=m.epochs, lr=m.lr, batch_size=m.batch_size, grad_accum=m.grad_accum,
-        max_steps=m.max_steps, rank_weight=m.rank_weight, lm_weight=m.lm_weight,
-        warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
-        engine=t.engine, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
-        bf16=t.bf16, deepspeed=load_deepspeed_block(t.deepspeed),
-        lora_rank=t.lora_rank, chat_template=cfg.policy.chat_template,
-        checkpoint_every=t.checkpoint_every, log_every=t.log_every, max_len=t.max_len or 512,
-        seed=cfg.seed)
-
-
 def load_deepspeed_block(block: dict | str) -> dict:
     """``train.deepspeed``: a mapping, or the path of a DeepSpeed JSON/YAML file; its keys are
     checked (``check_deepspeed_block``) and passed through."""
@@ -321,5 +302,4 @@ def check_deepspeed_block(block: dict, where: str = "train.deepspeed") -> None:
             raise ValueError(f"{where}: unknown zero_optimization key(s) {sorted(bad)}")
 
 
-__all__ = ["fit", "spec_from_config", "train_worker", "DeepSpeedEngine", "FAIL_AT_ENV",
-           "FAIL_MARKER_ENV"]
+__all__ = ["fit", "train_worker", "DeepSpeedEngine", "FAIL_AT_ENV", "FAIL_MARKER_ENV"]
