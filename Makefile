@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.glore-installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast clean
 
 venv: $(STAMP)
 

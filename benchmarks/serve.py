@@ -29,7 +29,6 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # serve_helpers: smoke models, free port
 
 
 def questions(cfg, n: int, seed: int = 0) -> list[str]:
@@ -97,8 +96,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import ray
+    from _helpers import free_port, make_smoke_models  # this folder: smoke models, free port
     from ray import serve
-    from serve_helpers import free_port, make_smoke_models
 
     from glore_ray.config import load_config
     from glore_ray.ray_env import init_ray

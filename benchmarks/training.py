@@ -82,9 +82,9 @@ def main() -> int:
     args = ap.parse_args()
 
     import ray
+    from _helpers import write_synthetic_sets  # this folder: the label stage's stand-in
 
     from glore_ray.ray_env import init_ray
-    from glore_ray.stages.train import write_synthetic_sets
     from glore_ray.train.loop import LoopSpec
     from glore_ray.train.ray_trainer import fit
 

@@ -1,45 +1,16 @@
-"""Helpers shared by the serve tests and ``benchmarks/serve.py``: smoke models (no training) and
-a free port. Not a test module (no ``test_`` prefix).
-
-Smoke models: the tiny policy serves as policy, global and local refiner (copies of its folder);
-ORM and SORM are ``AutoModelForTokenClassification(num_labels=1)`` over the same backbone with an
-untrained head — a real forward pass with meaningless scores.
+"""Helpers of the serve tests: the policy they serve and a started service. Not a test module (no
+``test_`` prefix). The smoke models and the free port are shared with ``benchmarks/serve.py``
+(``benchmarks/_helpers.py``).
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
 from pathlib import Path
 
+from benchmarks._helpers import free_port, make_smoke_models
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_smoke_models(policy_dir: str | Path, out_dir: str | Path) -> dict[str, str]:
-    import torch
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    out = Path(out_dir)
-    paths = {"policy": str(policy_dir)}
-    for name in ("global", "local"):
-        if not (out / name).exists():
-            shutil.copytree(policy_dir, out / name)
-        paths[name] = str(out / name)
-    tok = AutoTokenizer.from_pretrained(policy_dir)
-    for i, name in enumerate(("orm", "sorm")):
-        if not (out / name / "config.json").exists():
-            torch.manual_seed(i)
-            model = AutoModelForTokenClassification.from_pretrained(policy_dir, num_labels=1)
-            model.save_pretrained(out / name)
-            tok.save_pretrained(out / name)
-        paths[name] = str(out / name)
-    return paths
+__all__ = ["free_port", "make_smoke_models", "policy_dir", "start_service"]
 
 
 def policy_dir(request) -> Path:

@@ -3,17 +3,12 @@
 Inputs: the label stage's sets at ``paths.training_set(which)`` (``train.parquet``,
 ``eval.parquet``) and the policy folder. Outputs: plain HF folders at ``paths.model(which)`` (+
 ``glore_train.json`` with the metric history), Ray Train storage under ``paths.stage("train")/ray``.
-
-``write_synthetic_sets`` stands in for the label stage in tests and the benchmark: gold and
-perturbed solutions of the synthetic world, labelled by the oracle, in exactly the label stage's
-row format.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
 from pathlib import Path
 
@@ -99,82 +94,3 @@ def _finished(folder: Path, spec) -> dict | None:
         return None
     s = json.loads(f.read_text())
     return s if s.get("spec") == json.loads(json.dumps(asdict(spec), default=str)) else None
-
-
-# ------------------------------------------------------------------ stand-in training sets
-
-def _perturb(steps: list[str], rng: random.Random) -> tuple[list[str], int]:
-    """Break one equation's result (an off-by-k error, like the policy's carries) and carry the
-    wrong value forward where it is reused, as a model would."""
-    k = rng.randrange(len(steps) - 1)  # never the final line itself
-    a, rest = steps[k].split(" = ")
-    wrong = int(rest) + rng.choice([-10, -2, -1, 1, 2, 10])
-    out = steps[:k] + [f"{a} = {wrong}"]
-    value = wrong
-    for s in steps[k + 1 :]:
-        if s.startswith("####"):
-            out.append(f"#### {value}")
-            continue
-        lhs, _ = s.split(" = ")
-        x, op, y = lhs.split(" ")
-        x = str(value)
-        v = {"+": value + int(y), "-": value - int(y), "*": value * int(y),
-             "/": value // int(y) if int(y) else value}[op]
-        out.append(f"{x} {op} {y} = {v}")
-        value = v
-    return out, k
-
-
-def synthetic_rows(n_questions: int, seed: int = 0, n_wrong: int = 2) -> dict[str, list[dict]]:
-    """Rows for the four sets from the synthetic world (gold + perturbed solutions, oracle
-    labels)."""
-    from glore_ray.config import SyntheticConfig
-    from glore_ray.data import synthetic
-    from glore_ray.data.grading import is_correct
-    from glore_ray.prompts import global_prompt, local_prompt
-
-    world = SyntheticConfig(n_train=n_questions, n_test=1)
-    questions, _ = synthetic.generate(world, seed)
-    rng = random.Random(seed)
-    sets: dict[str, list[dict]] = {w: [] for w in MODELS}
-    for q in questions:
-        gold = q.gold_solution.split("\n")
-        sols = [gold] + [_perturb(gold, rng)[0] for _ in range(n_wrong)]
-        for sid, steps in enumerate(sols):
-            text = "\n".join(steps)
-            oracle = synthetic.oracle_step_labels(text, q.oracle)
-            ok = float(is_correct(text, q.answer))
-            sets["orm"].append({"qid": q.qid, "sample_id": sid, "question": q.question,
-                                "steps": steps, "labels": [ok] * len(steps)})
-            sets["sorm"].append({"qid": q.qid, "sample_id": sid, "question": q.question,
-                                 "steps": steps, "labels": oracle, "soft_labels": oracle,
-                                 "mask": [1.0] * len(steps)})
-            if sid == 0:
-                continue
-            bad = oracle.index(0.0)
-            sets["global"].append({"qid": q.qid, "prompt": global_prompt(q.question, text),
-                                   "target": q.gold_solution})
-            sets["local"].append({"qid": q.qid, "prompt": local_prompt(q.question, steps, bad),
-                                  "target": "\n".join(gold[bad:])})
-    return sets
-
-
-def write_synthetic_sets(root: Path | str, n_questions: int, seed: int = 0,
-                         eval_fraction: float = 0.25) -> dict[str, Path]:
-    """Write ``root/<which>/{train,eval}.parquet`` (split by question) for the four models."""
-    import pandas as pd
-
-    root = Path(root)
-    sets = synthetic_rows(n_questions, seed)
-    qids = sorted({r["qid"] for r in sets["orm"]})
-    eval_q = set(random.Random(seed).sample(qids, max(1, int(len(qids) * eval_fraction))))
-    out = {}
-    for which, rows in sets.items():
-        folder = root / which
-        folder.mkdir(parents=True, exist_ok=True)
-        df = pd.DataFrame(rows)
-        df[~df.qid.isin(eval_q)].to_parquet(folder / "train.parquet", index=False)
-        df[df.qid.isin(eval_q)].to_parquet(folder / "eval.parquet", index=False)
-        out[which] = folder
-    (root / "_synthetic.json").write_text(json.dumps({"n_questions": n_questions, "seed": seed}))
-    return out

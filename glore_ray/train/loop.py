@@ -18,7 +18,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -652,10 +652,6 @@ def _main(argv: list[str]) -> int:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     dist.barrier()
     return 0
-
-
-def spec_to_dict(spec: LoopSpec) -> dict:
-    return asdict(spec)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def policy(request, tmp_path_factory) -> Path:
 
 
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, policy, tmp_path, monkeypatch):
-    from glore_ray.stages.train import write_synthetic_sets
+    from benchmarks._helpers import write_synthetic_sets
     from glore_ray.train.loop import LoopSpec
     from glore_ray.train.ray_trainer import FAIL_AT_ENV, FAIL_MARKER_ENV, fit
 

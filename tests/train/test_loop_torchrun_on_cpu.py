@@ -21,9 +21,9 @@ def test_loop_under_torchrun_zero3_lora(tmp_path):
     import torch
     from safetensors.torch import load_file
 
+    from benchmarks._helpers import write_synthetic_sets
     from glore_ray.config import load_config
     from glore_ray.data import synthetic
-    from glore_ray.stages.train import write_synthetic_sets
     from glore_ray.tokenizer import build_tokenizer
     from glore_ray.train.tiny_policy import build_model
 

@@ -161,7 +161,7 @@ def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(monkeypatch):
 def test_synthetic_sets_match_the_label_stage_format(tmp_path):
     import pandas as pd
 
-    from glore_ray.stages.train import write_synthetic_sets
+    from benchmarks._helpers import write_synthetic_sets
 
     sets = write_synthetic_sets(tmp_path, 8)
     sorm = pd.read_parquet(sets["sorm"] / "train.parquet")
