@@ -30,7 +30,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from glore_ray.config import LabelConfig, RunConfig
@@ -232,6 +231,8 @@ def _parts(path: Path) -> list[tuple[str, int]]:
 def _read_part(batch: pa.Table, kind: str, keep_qids: list[str] | None = None) -> pa.Table:
     """Rows of the listed part files in the union's schema (``pos`` = place in the output);
     ``keep_qids``: only these questions (the sampled ones, of a train split of any size)."""
+    import pyarrow.compute as pc  # in the Ray tasks only: keeps `import glore_ray.pipeline` light
+
     tables = []
     for f, offset in zip(batch.column("path").to_pylist(), batch.column("offset").to_pylist()):
         t = pq.read_table(f)
