@@ -3,6 +3,8 @@
 Inputs: the label stage's sets at ``paths.training_set(which)`` (``train.parquet``,
 ``eval.parquet``) and the policy folder. Outputs: plain HF folders at ``paths.model(which)`` (+
 ``glore_train.json`` with the metric history), Ray Train storage under ``paths.stage("train")/ray``.
+Reads the ``train`` section: the fields every fine-tune shares and each model's own
+(``train/spec.py`` maps them onto the loop).
 """
 
 from __future__ import annotations
