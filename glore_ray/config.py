@@ -218,6 +218,10 @@ class RolloutConfig(_Strict):
 class LabelConfig(_Strict):
     monotone: bool = True
     intermediate_check: bool = True
+    # A step the intermediate check flips is the sample's first error: every later step is
+    # negative too, and positive propagation (monotone) stops there. False: the paper's order, where
+    # a later positive step lifts it back (method/labels.py).
+    intermediate_cut: bool = False
     balance: bool = True
     sorm_labels: Literal["hard", "soft"] = "hard"  # which SORM labels the `labels` column holds
     max_global_pairs_per_question: int = Field(4, ge=1)

@@ -11,7 +11,9 @@ quality against an oracle. Plain Python: the label stage runs it per question on
 - **Cleaning** (each switchable in ``cfg.label``), in this order:
   1. ``intermediate_check``: a positive step whose successful continuations (correct rollouts, and
      the sample itself when correct) never mention the step's result (``step_result``) succeeded
-     *despite* the step — a false positive: relabelled negative (soft 0).
+     *despite* the step — a false positive: relabelled negative (soft 0). With
+     ``intermediate_cut`` the first such step is the sample's first error: every later step is
+     negative too (soft 0), so 2. cannot lift it back from a later positive step.
   2. ``monotone``: a positive hard label is a witness (a continuation from that prefix reaches the
      answer, so every shorter prefix can reach it too), a negative is only K failures. So the last
      positive step wins: every earlier step becomes positive (soft = that of the next positive
@@ -97,6 +99,11 @@ def label_sample(steps: list[str], correct: bool, rollouts: dict[int, list[Rollo
             if res is not None and not any(mentions(w, res) for w in wins[i]):
                 hard[i], soft[i] = 0.0, 0.0
                 flips["intermediate_check"] += 1
+                if cfg.intermediate_cut:
+                    for j in range(i + 1, n):
+                        flips["intermediate_cut"] += hard[j] == 1.0
+                        hard[j], soft[j] = 0.0, 0.0
+                    break
     raw = infer_unprobed(hard)
     flips["inferred"] = sum(h is None for h in hard)
     for i, h in enumerate(hard):

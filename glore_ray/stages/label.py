@@ -51,7 +51,7 @@ LABELLED = pa.schema([
     ("rolled_out", pa.bool_()),  # False: its question got no rollouts (no SORM labels: empty)
     ("global_prompt", _S), ("global_target", _S), ("global_source", _S), ("local_prompt", _S),
     ("local_target", _S)])
-FLIPS = ("intermediate_check", "inferred", "monotone")
+FLIPS = ("intermediate_check", "inferred", "monotone", "intermediate_cut")
 # The union of questions, samples and rollouts that is grouped by qid (kind q / s / r).
 _MIXED = pa.schema([
     ("kind", pa.string()), ("qid", pa.string()), ("pos", pa.int64()), ("sample_id", pa.int64()),
@@ -204,9 +204,9 @@ class _Tally:
                 self.q[k].update(quality_counts(pred, row["oracle"]))
 
     def flips(self) -> dict:
-        # intermediate_check is only counted when it flipped something (as before the streaming)
+        # the intermediate check and its cut are only counted when they flipped something
         return {k: self._flips[k] for k in FLIPS
-                if k in self._ran and (k != "intermediate_check" or self._flips[k])}
+                if k in self._ran and (not k.startswith("intermediate") or self._flips[k])}
 
     def quality(self) -> dict:
         return {k: quality_report(v) for k, v in self.q.items()} if self.q["orm"] else {}

@@ -80,6 +80,24 @@ def test_intermediate_check_relabels_false_positive():
     assert label_sample(STEPS, False, r, OFF).hard[1] == 1.0  # switched off: untouched
 
 
+def test_intermediate_cut_makes_the_unused_step_the_first_error():
+    # step 1's witness never uses 56; step 2's witness does use 112. The paper's order lifts
+    # step 1 back from step 2 (last positive wins); the cut keeps it negative and everything after.
+    r = {0: rolls(0, [True], ["68 - 12 = 56\n56 * 2 = 112\n#### 112"]),
+         1: rolls(1, [True], ["23 + 33 = 112\n#### 112"]),
+         2: rolls(2, [True], ["112 = 112\n#### 112"])}
+    assert label_sample(STEPS, False, r, LabelConfig()).hard == [1.0, 1.0, 1.0, 0.0]
+    cut = label_sample(STEPS, False, r, LabelConfig(intermediate_cut=True))
+    assert cut.hard == [1.0, 0.0, 0.0, 0.0] and cut.soft[1:] == [0.0, 0.0, 0.0]
+    assert cut.flips["intermediate_check"] == 1 and cut.flips["intermediate_cut"] == 1
+    # a correct sample that computes a result nothing uses: cut there too (an extra step)
+    extra = ["23 + 45 = 68", "7 + 1 = 8", "68 + 44 = 112", "#### 112"]
+    none_probed: dict = {}
+    assert label_sample(extra, True, none_probed, LabelConfig(intermediate_cut=True)).hard == \
+        [1.0, 0.0, 0.0, 0.0]
+    assert label_sample(extra, True, none_probed, LabelConfig()).hard == [1.0] * 4
+
+
 def test_intermediate_check_uses_calculator_notes():
     steps = ["He sells 48/2 = <<48/2=24>>24 clips.", "#### 72"]
     ok = {0: rolls(0, [True], ["Total 48+24 = <<48+24=72>>72\n#### 72"])}
