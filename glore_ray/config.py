@@ -46,7 +46,7 @@ def is_knob(field: Any) -> bool:
 
 
 class SyntheticConfig(_Strict):
-    """The GSM8K-shaped synthetic world (DESIGN §3)."""
+    """The arithmetic world: GSM8K-shaped chains of + - * / (data/synthetic.py)."""
 
     min_ops: int = Field(2, ge=1, le=8)
     max_ops: int = Field(4, ge=1, le=8)
@@ -96,7 +96,7 @@ class DependencyConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    # synthetic: the arithmetic world (the embedded default); dependency: data/dependency.py
+    # synthetic: the arithmetic world (the control); dependency: data/dependency.py (the default)
     source: Literal["dependency", "synthetic", "gsm8k_jsonl", "gsm8k_hub"] = "synthetic"
     dependency: DependencyConfig = DependencyConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -147,7 +147,7 @@ class PolicyConfig(_Strict):
     snapshot_every: int = knob(0, ge=0)  # scripts/ship_policy.py evaluates a snapshot every N
     batch_size: int = Field(32, ge=1)
     # grouped: length-grouped batches (+25% throughput); random: each batch drawn at random, as
-    # the prototype that learned binding did (DESIGN §3c)
+    # the prototype that learned binding did (docs/worlds.md)
     batches: Literal["grouped", "random"] = "grouped"
     lr: float = Field(1e-3, gt=0)
     min_lr: float = Field(1e-4, ge=0)

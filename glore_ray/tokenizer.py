@@ -48,7 +48,7 @@ def save_tokenizer(tokenizer, folder: str | Path) -> None:
 def build_space_tokenizer(tokens: list[str]):
     """A whitespace tokenizer: the text split on spaces, each newline its own token, so no token
     carries a space and a name is one id wherever it stands (the format a 0.9M policy learns
-    binding in: DESIGN §3d). Decoding puts one space between tokens and none around a newline,
+    binding in: docs/worlds.md). Decoding puts one space between tokens and none around a newline,
     so ``decode(encode(t)) == t`` for text whose words are single-spaced and whose lines carry no
     leading or trailing spaces (everything the symbolic world and the prompt templates write)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors

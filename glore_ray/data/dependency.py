@@ -22,9 +22,9 @@ here: checking that a line's operands were already computed and that it copies t
 local and easy, while writing the plan is not (in the arithmetic world checking a sum is exactly as
 hard as writing it, and reranking cannot help: docs/results/arithmetic.md).
 
-``style: symbolic`` writes the same problems as the prototype that learned binding did (DESIGN §3c):
-single-letter names, each clause in the solution line's own syntax, so copying a clause is a plain
-copy::
+``style: symbolic`` writes the same problems as the prototype that learned binding did
+(docs/worlds.md): single-letter names, each clause in the solution line's own syntax, so copying
+a clause is a plain copy::
 
     V = T + I . E = 2 . F = E + 5 . Q = V - F . T = 4 . I = 5 . what is Q ?
 

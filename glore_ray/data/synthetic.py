@@ -1,4 +1,5 @@
-"""The embedded default world: GSM8K-shaped word problems with a known answer at every step.
+"""The arithmetic world (the control, configs/arithmetic.yaml): GSM8K-shaped word problems with
+a known answer at every step.
 
 A problem is a start value and a chain of operations told in words; its gold solution is one line
 ``a op b = c`` per operation and a final ``#### c`` line::

@@ -15,8 +15,9 @@ tiny policy), saved with ``save_pretrained`` + the tokenizer, so plain transform
 
 ``train.<model>.lm_weight`` > 0 adds the policy's next-token loss on the solution tokens beside the
 BCE (``RewardWithLM``, training only): the verifier keeps reading solutions as the policy did
-(DESIGN §3c: a policy-initialised ORM with BCE + 0.5 x LM loss ranked right above wrong within a
-question at 80%). The exported folder is the token-classification model alone.
+(measured on the prototype world: a policy-initialised ORM with BCE + 0.5 x LM loss ranked
+right above wrong within a question at 80%). The exported folder is the token-classification
+model alone.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ default): its errors are carries and borrows. Dependency world: the schedule is 
 ``policy.stop_at``, the first snapshot in the regime on validation questions
 (``scripts/ship_policy.py --select``).
 
-The recipe (DESIGN §3, calibrated on 2 cores): AdamW lr 1e-3, betas (0.9, 0.98), weight decay 0.1
-on matrices, clip 1.0, 50 warm-up steps then cosine to 1e-4, batch 32, ``policy.steps`` steps,
-batches grouped by length, loss on answer tokens only. A trained checkpoint ships in
+The recipe (calibrated on 2 cores, docs/worlds.md): AdamW lr 1e-3, betas (0.9, 0.98), weight
+decay 0.1 on matrices, clip 1.0, 50 warm-up steps then cosine to 1e-4, batch 32, ``policy.steps``
+steps, batches grouped by length, loss on answer tokens only. A trained checkpoint ships in
 ``glore_ray/assets/policies/<recipe hash>/``; the policy stage (``stages/policy.py``) reuses it
 when the config asks for the same recipe.
 """
@@ -103,7 +103,7 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int
 
 def _batches(encoded, batch_size: int, rng: random.Random, kind: str = "grouped"):
     """``grouped``: shuffle, sort within chunks of 50 batches, shuffle the batches (+25%
-    throughput); ``random``: each batch drawn at random (DESIGN §3c's prototype, which learned
+    throughput); ``random``: each batch drawn at random (the prototype's, which learned
     binding, drew its batches this way)."""
     if kind == "random":
         while True:
