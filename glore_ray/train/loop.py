@@ -13,6 +13,7 @@ torchrun ``deepspeed.init_distributed`` does it from the environment).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -108,7 +109,7 @@ def deepspeed_config(spec: LoopSpec) -> dict:
         # through DeepSpeed (its engine turns off an autocast opened outside it), where the CPU
         # has bf16 instructions (see cpu_bf16).
         "bf16": {"enabled": spec.bf16 and torch.cuda.is_available()},
-        "torch_autocast": {"enabled": spec.bf16 and not torch.cuda.is_available() and cpu_bf16(),
+        "torch_autocast": {"enabled": bf16_compute(spec) and not torch.cuda.is_available(),
                            "dtype": "bfloat16"},
         # We pass torch's AdamW; with CPU offload DeepSpeed would otherwise insist on its own
         # CPU-Adam op (another JIT build). Override through `train.deepspeed` for GPU clusters.
@@ -119,16 +120,23 @@ def deepspeed_config(spec: LoopSpec) -> dict:
     return _deep_merge(cfg, spec.deepspeed)
 
 
+@functools.cache
 def cpu_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without it torch emulates
     bf16 matmuls: a SmolLM2-135M forward + backward of 4 x 200 tokens took 217 s under autocast
-    vs 7.3 s in fp32 on an AVX2 EPYC; on an AMX Xeon 8 x 300 tokens took 5.2 s vs 8.8 s."""
+    vs 7.3 s in fp32 on an AVX2 EPYC; on an AMX Xeon 8 x 300 tokens took 5.2 s vs 8.8 s. Probed
+    once per process (``autocast`` asks at every micro-step)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_compute(spec: LoopSpec) -> bool:
+    """Whether ``train.bf16`` computes in bf16 here: on a GPU, or on a CPU with bf16 (else fp32)."""
+    return spec.bf16 and (torch.cuda.is_available() or cpu_bf16())
 
 
 def bf16_fallback_note(spec: LoopSpec) -> str | None:
     """The line a run prints when ``train.bf16`` is asked for on a CPU without bf16 (fp32 then)."""
-    if spec.bf16 and not torch.cuda.is_available() and not cpu_bf16():
+    if spec.bf16 and not bf16_compute(spec):
         return (f"[{spec.name}] train.bf16: this CPU has no native bf16 (AVX512-BF16 / AMX), "
                 f"where autocast runs ~30x slower: training in fp32")
     return None
@@ -137,9 +145,8 @@ def bf16_fallback_note(spec: LoopSpec) -> str | None:
 def autocast(spec: LoopSpec):
     """bf16 compute under the DDP engine (DeepSpeed casts inside its own forward, see
     ``deepspeed_config``); weights, gradients and the optimizer stay fp32."""
-    cuda = torch.cuda.is_available()
-    return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16,
-                          enabled=spec.bf16 and spec.engine == "ddp" and (cuda or cpu_bf16()))
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                          enabled=bf16_compute(spec) and spec.engine == "ddp")
 
 
 def lr_lambda(total_steps: int, spec: LoopSpec) -> Callable[[int], float]:
@@ -383,8 +390,8 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
     torch.manual_seed(spec.seed)
     task = Task(spec)
     train_ex, eval_ex = task.encode(train_rows), task.encode(eval_rows)
-    if rank == 0 and bf16_fallback_note(spec):
-        hooks.log(bf16_fallback_note(spec))
+    if rank == 0 and (note := bf16_fallback_note(spec)):
+        hooks.log(note)
 
     # Every rank must run the same number of micro-steps (collectives inside each step).
     min_rows = int(_all_reduce([len(train_ex)], dist.ReduceOp.MIN)[0])
