@@ -91,7 +91,10 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
 
     One training row: ``{"qid": "gsm8k-train-00012", "prompt": "Question: ...\nAnswer:\n",
     "target": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n...\n#### 72"}``"""
+    from transformers import AutoTokenizer
+
     from glore_ray.data.grading import extract_answer
+    from glore_ray.engines.context import model_context
     from glore_ray.hub import resolve_model
     from glore_ray.stages.build import SCHEMAS, write_set
     from glore_ray.stages.data import read
@@ -106,13 +109,9 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
         raise ValueError(f"policy.sft: the train split has {len(train)} questions, not more than "
                          f"policy.sft.eval_questions={s.eval_questions}")
     held, pool = train[-s.eval_questions:], train[:-s.eval_questions][: s.n_questions]
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(base)
     rows = [{"qid": q.qid, "prompt": policy_prompt(q.question), "target": q.gold_solution}
             for q in pool + held if q.gold_solution.strip()]
-    from glore_ray.engines.context import model_context
-
     spec = loop_spec(cfg, "policy", "sft", base, default_max_len=model_context(base) or 2048,
                      lr=s.lr, batch_size=s.batch_size, grad_accum=s.grad_accum,
                      max_steps=s.steps, lora_rank=s.lora_rank)
