@@ -67,7 +67,7 @@ def main() -> None:
           f"chunk={r.budget_chunk}, engine={r.engine}", flush=True)
     t0 = time.perf_counter()
     actor = RolloutActor(r.model_dump(mode="json"), model, cfg.seed,
-                         questions={q.qid: (q.question, q.answer) for q in qs})
+                         questions={q.qid: (q.question, q.answer, q.oracle) for q in qs})
     engine_start = time.perf_counter() - t0
     print(f"engine {actor.engine.name} started in {engine_start:.1f}s", flush=True)
 

@@ -43,14 +43,15 @@ def sample(eng, tok, questions, n: int, temperature: float, seed: int) -> list[l
 
 
 def rows_of(questions, texts) -> list[dict]:
-    from glore_ray.data.grading import is_correct, split_steps
+    from glore_ray.data.grading import split_steps
+    from glore_ray.data.worlds import grade
 
     rows = []
     for q, ts in zip(questions, texts):
         for sid, t in enumerate(ts):
             steps = split_steps(t)
             if steps:
-                ok = float(is_correct(t, q.answer))
+                ok = float(grade(t, q.answer, q.oracle))
                 rows.append({"qid": q.qid, "sample_id": sid, "question": q.question,
                              "steps": steps, "labels": [ok] * len(steps), "ok": bool(ok)})
     return rows

@@ -82,6 +82,11 @@ class DependencyConfig(_Strict):
     max_distractors: int = Field(3, ge=0, le=8)  # needed + distractors <= 24 names
     max_value: int = Field(15, ge=5, le=200)  # every value is an integer in 0..max_value
     shuffle: bool = True  # clauses in random order (False: dependency order, distractors last)
+    # strict: a solution is right only when every line is right (each needed quantity computed
+    # once from its clause, then the answer): the first wrong line is fatal, so a prefix can still
+    # be completed (V*, the SORM's label) exactly when the oracle calls it good. False: the final
+    # answer alone decides, and a line computing an unneeded quantity costs nothing.
+    strict: bool = False
     n_train: int = Field(20000, ge=1)
     n_test: int = Field(300, ge=1)
     seed: int = 0

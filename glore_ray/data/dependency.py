@@ -126,10 +126,12 @@ class Problem:
         return "\n".join([self.quantities[k].line(values) for k in self.order]
                          + [f"#### {self.answer}"])
 
-    def oracle(self) -> str:
-        return json.dumps({"world": "dependency", "target": self.target, "needed": self.order,
-                           "quantities": {k: [q.kind, q.args, q.n, q.value]
-                                          for k, q in self.quantities.items()}})
+    def oracle(self, strict: bool = False) -> str:
+        o = {"world": "dependency", "target": self.target, "needed": self.order,
+             "quantities": {k: [q.kind, q.args, q.n, q.value] for k, q in self.quantities.items()}}
+        if strict:  # the world grades whole solutions (worlds.grade)
+            o["strict"] = True
+        return json.dumps(o)
 
 
 def _define(rng: random.Random, name: str, args: list[str], values: dict[str, int],
@@ -317,7 +319,8 @@ def _generate(n: int, rng: random.Random, cfg: DependencyConfig, prefix: str,
             continue
         texts.add(p.question)
         out.append(Question(qid=f"{prefix}-{len(out):05d}", question=p.question,
-                            answer=str(p.answer), gold_solution=p.solution, oracle=p.oracle()))
+                            answer=str(p.answer), gold_solution=p.solution,
+                            oracle=p.oracle(cfg.strict)))
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from glore_ray.config import DataConfig
+from glore_ray.data.grading import is_correct
 from glore_ray.records import Question
 
 GENERATED = ("dependency", "synthetic")
@@ -54,6 +55,17 @@ def build_world_tokenizer(d: DataConfig):
     from glore_ray.data import synthetic
 
     return build_tokenizer(synthetic.vocabulary())
+
+
+def grade(solution_text: str, answer: str, oracle: str | list | dict = "") -> bool:
+    """Whether a solution is right, by the grader of the world that wrote the question: its final
+    answer (GSM8K, the arithmetic world, the dependency world), or, for a question of a strict
+    dependency world (``data.dependency.strict``), every line (``first_wrong_step`` finds none)."""
+    if oracle:
+        o = _load(oracle)
+        if isinstance(o, dict) and o.get("strict"):
+            return first_wrong_step(solution_text, o)[0] == -1
+    return is_correct(solution_text, answer)
 
 
 def _load(oracle: str | list | dict):

@@ -10,7 +10,8 @@ A correct sample needs no rollouts at all: it is itself a successful rollout fro
     rows = search(items, generate, k=8, chunk=2)
 
 ``items``: one dict per sample ``{qid, sample_id, question, answer, steps, correct}`` and,
-optionally, ``probe_limit`` (only prefixes ``0 .. probe_limit - 1`` may be probed: the rest do not
+optionally, ``oracle`` (the question's, for a world that grades whole solutions: ``worlds.grade``)
+and ``probe_limit`` (only prefixes ``0 .. probe_limit - 1`` may be probed: the rest do not
 fit the context).
 ``generate(prompts, n) -> list[list[str]]``: ``n`` continuations per prompt (the rollout actor's
 engine). The search advances every sample of the batch together, in rounds: each round is one
@@ -25,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from glore_ray.data.grading import extract_answer, is_correct
+from glore_ray.data.grading import extract_answer
+from glore_ray.data.worlds import grade
 from glore_ray.method.prefixes import n_prefixes
 from glore_ray.prompts import prefix_text, rollout_prompt
 
@@ -112,7 +114,7 @@ def _advance(p: _Probe, texts: list[str], k: int) -> None:
     success = False
     for text in texts:
         full = prefix + text
-        ok = is_correct(full, it["answer"])
+        ok = grade(full, it["answer"], it.get("oracle", ""))
         success |= ok
         p.rows.append({"qid": it["qid"], "sample_id": int(it["sample_id"]), "step_idx": mid,
                        "k": p.drawn, "text": text, "correct": ok,

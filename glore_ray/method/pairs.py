@@ -25,7 +25,8 @@ from __future__ import annotations
 import random
 
 from glore_ray import prompts
-from glore_ray.data.grading import is_correct, split_steps
+from glore_ray.data.grading import split_steps
+from glore_ray.data.worlds import grade
 from glore_ray.method.decide import first_below
 from glore_ray.records import Question, Rollout, Sample
 
@@ -45,17 +46,17 @@ def correct_solutions(q: Question, samples: list[Sample], rollouts: list[Rollout
     for s in samples:
         if s.correct:
             sol = _solution("\n".join(s.steps))
-            if sol and is_correct(sol, q.answer):
+            if sol and grade(sol, q.answer, q.oracle):
                 out.setdefault(sol, "sample")
     for r in rollouts:
         if r.correct:
             s = by_key[(r.qid, int(r.sample_id))]
             sol = _solution(prompts.prefix_text(list(s.steps), r.step_idx) + r.text)
-            if sol and is_correct(sol, q.answer):
+            if sol and grade(sol, q.answer, q.oracle):
                 out.setdefault(sol, "rollout")
     if gold and not out:
         sol = _solution(q.gold_solution)
-        if sol and is_correct(sol, q.answer):
+        if sol and grade(sol, q.answer, q.oracle):
             out.setdefault(sol, "gold")
     return out
 

@@ -160,7 +160,7 @@ def write_set(folder: Path, rows: list[dict], schema: pa.Schema, eval_qids: set[
 
 
 class SetWriter:
-    """The four sets of one run, fed labelled samples (in sample order) and then pairs."""
+    """The four sets of one run, fed labelled samples (in (qid, sample_id) order) and then pairs."""
 
     def __init__(self, cfg, paths, eval_qids: set[str], balancer: Balancer | None):
         self.use_soft = cfg.label.sorm_labels == "soft"

@@ -31,8 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 from glore_ray.config import RunConfig
-from glore_ray.data import is_correct, split_steps
-from glore_ray.data.worlds import first_wrong_step, oracle_step_labels
+from glore_ray.data import split_steps
+from glore_ray.data.worlds import first_wrong_step, grade, oracle_step_labels
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.method.decide import orm_score, should_refine
 from glore_ray.method.solve import GraphParams, Models, SolveResult, solve
@@ -211,7 +211,7 @@ def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: B
     located = [r.located_step for r in solved]
     samples = [[c.text for c in r.candidates] for r in sampled]
 
-    right = lambda sols: [is_correct(s, q.answer) for s, q in zip(sols, questions)]  # noqa: E731
+    right = lambda sols: [grade(s, q.answer, q.oracle) for s, q in zip(sols, questions)]  # noqa: E731
     d_ok, g_ok, l_ok = right(drafts), right(globals_), right(locals_)
     glore_choice = [r.candidate(r.chosen).text for r in solved]
     # *When* from the ORM as in serving's gated mode; the oracle-rerank ceiling is right whenever
@@ -229,7 +229,7 @@ def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: B
             for cs, oks in zip(zip(drafts, globals_, locals_), zip(d_ok, g_ok, l_ok))],
     }
     assert list(chosen) == STRATEGIES  # the report's row order
-    sample_ok = [[is_correct(s, q.answer) for s in row] for row, q in zip(samples, questions)]
+    sample_ok = [[grade(s, q.answer, q.oracle) for s in row] for row, q in zip(samples, questions)]
     sampling = {"sample_accuracy": sum(map(sum, sample_ok)) / max(1, n * k),
                 f"pass_at_{k}": sum(any(r) for r in sample_ok) / n}
     refinement = {}
@@ -253,7 +253,7 @@ def _evaluate(cfg: RunConfig, paths, log, questions: list[Question], backends: B
     t0 = time.time()
     sorm_pool = sorm.score([q.question for q in pool_q], pool_steps)
     timings["sorm_pool_scores"] = round(time.time() - t0, 1)
-    pool_ok = [is_correct(s, q.answer) for s, q in zip(pool_sols, pool_q)]
+    pool_ok = [grade(s, q.answer, q.oracle) for s, q in zip(pool_sols, pool_q)]
     if has_oracle:
         oracle = [oracle_step_labels("\n".join(st), q.oracle) for st, q in zip(pool_steps, pool_q)]
         reward["vs_oracle"] = {"orm": step_metrics(orm_pool, oracle),

@@ -2,21 +2,23 @@
 training sets, on Ray Data so the driver never holds the rows.
 
     data/train.parquet ──┐
-    samples.parquet ─────┼─► union ─► groupby(qid) ─► label_question ─► sort(pos) ─► write_outputs
-    rollouts.parquet ────┘            (Ray tasks: method/labels, method/pairs)      (one Ray task)
+    samples.parquet ─────┼─► union ─► groupby(qid) ─► label_question ─► sort ─► write_outputs
+    rollouts.parquet ────┘            (Ray tasks: method/labels, method/pairs)   (one Ray task)
 
 ``label_question`` (one question's samples and rollouts, in Ray tasks) returns one row per sample
 with its ORM/SORM/oracle labels, cleaning counts and, on the question's first sample, its
-refinement pairs. ``write_outputs`` (one Ray task, not the driver) then streams the rows twice in
-sample order: pass 1 counts the SORM classes per step index for balancing (``method.balance``),
-pass 2 writes ``step_labels.parquet`` and the sets (``build.SetWriter``); the pairs stream once
-more in qid order. The driver only lists the input files, counts the samples and waits; what the
-writer keeps is per question (the held-out qids) or per step index (balancing ranks).
+refinement pairs, sorted by (qid, sample_id). ``write_outputs`` (one Ray task, not the driver) then
+streams the rows twice: pass 1 counts the SORM classes per step index for balancing
+(``method.balance``), pass 2 writes ``step_labels.parquet`` and the sets (``build.SetWriter``);
+the pairs stream once more in qid order. The driver only lists the input files, counts the
+samples and waits; what the writer keeps is per question (the held-out qids) or per step index
+(balancing ranks).
 
 Outputs, row for row the same as labelling in memory (``make_labels``, the unit-test path):
 
-- ``paths.labels``: one ``records.StepLabel`` per (sample, step), in sample order;
-- the four sets (see ``build``): orm/sorm in sample order, global/local pairs in qid order.
+- ``paths.labels``: one ``records.StepLabel`` per (sample, step), in (qid, sample_id) order;
+- the four sets (see ``build``): orm/sorm in (qid, sample_id) order, global/local pairs in qid
+  order. The samples file is in the order its actors finished; the sets never depend on it.
 
 Oracle (synthetic worlds): ``oracle_label`` per step from ``worlds.oracle_step_labels``, and the
 summary reports precision/recall of ORM, raw SORM and cleaned SORM labels against it.
@@ -170,7 +172,7 @@ def make_labels(questions: dict[str, Question], samples: list[Sample], rollouts:
     for qid, idx in by_q.items():
         labelled += label_question(questions[qid], [samples[i] for i in idx], roll_q.get(qid, []),
                                    cfg, 0, idx, rolled_qids is None or qid in rolled_qids)
-    labelled.sort(key=lambda r: r["pos"])
+    labelled.sort(key=lambda r: (r["qid"], r["sample_id"]))
     tally = _Tally()
     for row in labelled:
         tally.add(row)
@@ -285,7 +287,9 @@ def _partitions(paths) -> int:
 
 
 def labelled_dataset(cfg: RunConfig, paths):
-    """The LABELLED rows of the whole run as a Ray Dataset, sorted by place in the samples file."""
+    """The LABELLED rows of the whole run as a Ray Dataset, sorted by (qid, sample_id): the
+    samples file is in the order the actors finished, and the sets (and so the trained models)
+    must not depend on it."""
     import ray
 
     def parts(path: Path, kind: str, **kw):
@@ -306,7 +310,7 @@ def labelled_dataset(cfg: RunConfig, paths):
     return mixed.groupby("qid", num_partitions=_partitions(paths)).map_groups(
         _label_group, batch_format="pyarrow",
         fn_kwargs={"label_cfg": cfg.label.model_dump(), "seed": cfg.seed,
-                   "rolled": None if rolled is None else sorted(rolled)}).sort("pos")
+                   "rolled": None if rolled is None else sorted(rolled)}).sort(["qid", "sample_id"])
 
 
 # ------------------------------------------------------------------ the stage
@@ -387,7 +391,7 @@ def write_outputs(labelled, cfg: RunConfig, paths, n_samples: int, log=_print) -
                         balancer.count(hard)
         eval_qids = build.split_qids(qids, cfg.label.holdout_fraction, cfg.seed)
         writer = build.SetWriter(cfg, paths, eval_qids, balancer)
-        # pass 2: step labels, orm and sorm rows, in sample order
+        # pass 2: step labels, orm and sorm rows, in (qid, sample_id) order
         tally, done, shown = _Tally(), 0, 0.0
         with build.ParquetOut(paths.labels, build.STEP_LABEL_SCHEMA) as step_out:
             for b in labelled.iter_batches(batch_format="pyarrow", batch_size=2048):

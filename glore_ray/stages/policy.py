@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from glore_ray.config import RunConfig, TrainConfig, is_knob
-from glore_ray.data.grading import is_correct
+from glore_ray.data.worlds import grade
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.prompts import policy_prompt
 from glore_ray.records import Question, write_json
@@ -140,7 +140,7 @@ def sft_policy(cfg: RunConfig, paths, log=print) -> dict:
     metrics = {"model": cfg.policy.model, "base": base, "sft_rows": counts["train"],
                "sft_steps": s.steps, "fit_seconds": fitted["fit_seconds"],
                "final_loss": fitted["final"].get("loss"), "n_held_out": len(held),
-               "held_out_greedy_accuracy": sum(is_correct(x, q.answer) for x, q in
+               "held_out_greedy_accuracy": sum(grade(x, q.answer, q.oracle) for x, q in
                                                zip(texts, held)) / len(held),
                "held_out_gradable": sum(extract_answer(x) is not None for x in texts) / len(held),
                "examples": [{"question": q.question, "greedy": x} for q, x in

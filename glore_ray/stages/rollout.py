@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from glore_ray.config import RunConfig
-from glore_ray.data.grading import extract_answer, is_correct
+from glore_ray.data.grading import extract_answer
+from glore_ray.data.worlds import grade
 from glore_ray.method.prefixes import rolled_out
 from glore_ray.prompts import prefix_text, rollout_prompt
 from glore_ray.records import Question, read_rows
@@ -49,12 +50,12 @@ ROLLOUT_SCHEMA = pa.schema([
     ("n_tokens", pa.int64())])
 
 
-def grade_rollout(answer: str, steps: list[str], step_idx: int, qid: str, sample_id: int, k: int,
-                  text: str, n_tokens: int) -> dict:
+def grade_rollout(answer: str, oracle: str, steps: list[str], step_idx: int, qid: str,
+                  sample_id: int, k: int, text: str, n_tokens: int) -> dict:
     """A ``records.Rollout`` row (+ n_tokens): graded on prefix + continuation."""
     full = prefix_text(steps, step_idx) + text
     return {"qid": qid, "sample_id": sample_id, "step_idx": step_idx, "k": k, "text": text,
-            "correct": is_correct(full, answer), "final_answer": extract_answer(full) or "",
+            "correct": grade(full, answer, oracle), "final_answer": extract_answer(full) or "",
             "n_tokens": n_tokens}
 
 
@@ -65,7 +66,7 @@ class RolloutActor(EngineActor):
     def __init__(self, rollout_cfg: dict, model_path: str, seed: int, questions: dict,
                  stats=None, fault: dict | None = None, chat: bool = False):
         super().__init__(rollout_cfg, model_path, seed, stats, fault, chat)
-        self.questions = questions  # qid -> (question, answer)
+        self.questions = questions  # qid -> (question, answer, oracle)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         samples = batch.to_pylist()
@@ -85,7 +86,7 @@ class RolloutActor(EngineActor):
         keys = [f"{s['qid']}/{s['sample_id']}/{i}" for s, i in jobs]
         # a skipped prefix has no rollouts: the label stage infers its step like any unprobed one
         outs = self._generate(prompts, self.cfg.k_rollouts, seeds, keys)
-        return [grade_rollout(self.questions[s["qid"]][1], s["steps"], i, s["qid"],
+        return [grade_rollout(*self.questions[s["qid"]][1:], s["steps"], i, s["qid"],
                               s["sample_id"], k, c.text, c.n_tokens)
                 for (s, i), comps in zip(jobs, outs) if comps is not None
                 for k, c in enumerate(comps)]
@@ -130,6 +131,7 @@ class RolloutActor(EngineActor):
 
         items = [{"qid": s["qid"], "sample_id": s["sample_id"],
                   "question": self.questions[s["qid"]][0], "answer": self.questions[s["qid"]][1],
+                  "oracle": self.questions[s["qid"]][2],
                   "steps": list(s["steps"]), "correct": bool(s["correct"]),
                   "probe_limit": self._fitting_prefixes(s)} for s in samples]
         rows = budgeted.search(items, generate, k=self.cfg.k_rollouts, chunk=self.cfg.budget_chunk)
@@ -160,7 +162,8 @@ def run(cfg: RunConfig, paths, log=print) -> dict:
 
     from glore_ray.ray_env import init_ray
 
-    questions = {q.qid: (q.question, q.answer) for q in read_rows(paths.questions_train, Question)}
+    questions = {q.qid: (q.question, q.answer, q.oracle)
+                 for q in read_rows(paths.questions_train, Question)}
     steps_col = pq.read_table(str(paths.samples), columns=["qid", "steps"])
     keep = rolled_out_qids(cfg, paths)
     if keep is not None:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from glore_ray.config import RunConfig
 from glore_ray.data import worlds
-from glore_ray.data.grading import extract_answer, is_correct, split_steps
+from glore_ray.data.grading import extract_answer, split_steps
 from glore_ray.prompts import policy_prompt
 from glore_ray.records import Question, read_rows
 from glore_ray.stages.generation import (
@@ -46,7 +46,8 @@ def grade_sample(q: dict, sample_id: int, text: str, n_tokens: int) -> dict:
     """A ``records.Sample`` row (+ n_tokens) for one generated solution."""
     oracle = q.get("oracle") or ""
     return {"qid": q["qid"], "sample_id": sample_id, "text": text, "steps": split_steps(text),
-            "final_answer": extract_answer(text) or "", "correct": is_correct(text, q["answer"]),
+            "final_answer": extract_answer(text) or "",
+            "correct": worlds.grade(text, q["answer"], oracle),
             "oracle_first_wrong": worlds.first_wrong_step(text, oracle)[0] if oracle else -2,
             "n_tokens": n_tokens}
 

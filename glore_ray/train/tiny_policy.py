@@ -26,7 +26,6 @@ import torch
 
 from glore_ray.config import RunConfig
 from glore_ray.data import worlds
-from glore_ray.data.grading import is_correct
 from glore_ray.engines.base import SamplingSpec
 from glore_ray.engines.hf import HFEngine
 from glore_ray.hub import SHIPPED, shipped_folder
@@ -48,8 +47,9 @@ def recipe_hash(cfg: RunConfig) -> str:
     recipe = cfg.policy.model_dump(mode="json", exclude=_NOT_RECIPE)
     if recipe["stop_at"] is None:  # the full schedule: hashes as before stop_at existed
         del recipe["stop_at"]
+    # ``strict`` changes the grader, not the problems the policy learns from
     blob = {"policy": recipe,
-            "world": worlds.world_config(cfg.data).model_dump(mode="json")}
+            "world": worlds.world_config(cfg.data).model_dump(mode="json", exclude={"strict"})}
     for part, defaults in _NEW_DEFAULTS.items():
         for key, value in defaults.items():
             if blob[part].get(key) == value:
@@ -196,7 +196,7 @@ def evaluate_policy(model, tokenizer, test: list[Question], max_tokens: int | No
     outs = engine.generate(prompts, SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens))
     kinds, first_steps, n_right = Counter(), Counter(), 0
     for q, (c,) in zip(test, outs):
-        right = is_correct(c.text, q.answer)
+        right = worlds.grade(c.text, q.answer, q.oracle)
         n_right += right
         if not right:
             i, kind = worlds.first_wrong_step(c.text, q.oracle)
@@ -208,7 +208,8 @@ def evaluate_policy(model, tokenizer, test: list[Question], max_tokens: int | No
     if pass_k:
         samples = engine.generate(prompts, SamplingSpec(n=pass_k, temperature=1.0,
                                                         max_tokens=max_tokens, seed=1))
-        right = [[is_correct(c.text, q.answer) for c in cs] for q, cs in zip(test, samples)]
+        right = [[worlds.grade(c.text, q.answer, q.oracle) for c in cs]
+                 for q, cs in zip(test, samples)]
         extra = {f"pass@{pass_k}": sum(any(r) for r in right) / len(test),
                  "sample_accuracy": sum(map(sum, right)) / (len(test) * pass_k)}
     return {"n": len(test), "greedy_accuracy": n_right / len(test), **extra,

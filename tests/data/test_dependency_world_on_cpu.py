@@ -68,6 +68,22 @@ def test_oracle_step_labels_and_dispatch():
     assert worlds.n_solution_steps(ORACLE) == 4
 
 
+def test_strict_world_grades_every_line_and_the_plain_world_only_the_answer():
+    extra = ["figs = 4", "kiwis = 2 * figs = 2 * 4 = 8", *GOLD[1:]]  # right answer, unneeded line
+    strict = json.dumps({**json.loads(ORACLE), "strict": True})
+    assert worlds.grade("\n".join(extra), "9", ORACLE)  # the final answer decides
+    assert not worlds.grade("\n".join(extra), "9", strict)  # the first wrong line is fatal
+    assert worlds.grade("\n".join(GOLD), "9", strict)
+    assert not worlds.grade("\n".join([*GOLD[:4], "#### 6"]), "9", ORACLE)
+    assert worlds.grade("\n".join(GOLD), "9")  # no oracle (GSM8K): the final answer
+    # the flag travels in every question's oracle; the problems themselves do not change
+    plain, _ = generate(DependencyConfig(n_train=20, n_test=5), 0)
+    marked, _ = generate(DependencyConfig(n_train=20, n_test=5, strict=True), 0)
+    assert [q.question for q in plain] == [q.question for q in marked]
+    assert all(json.loads(q.oracle).get("strict") is True for q in marked)
+    assert all("strict" not in json.loads(q.oracle) for q in plain)
+
+
 def test_seeded_disjoint_and_validation_is_separate():
     tr1, te1 = generate(CFG, seed=3)
     tr2, _ = generate(CFG, seed=3)
