@@ -318,6 +318,7 @@ class ServeConfig(_Strict):
     # the generators' context; None: rollout.max_model_len's rule (the model's own, capped)
     max_model_len: int | None = knob(None, ge=16)
     engine: Literal["auto", "vllm", "hf"] = "auto"  # generator engine (auto = vLLM if importable)
+    scorer: Literal["auto", "vllm", "hf"] = knob("hf")  # reward scorer, as evaluate.scorer
     replica_cpus: float = knob(0.5, gt=0)  # Ray CPUs (and torch threads) per model replica
     replica_gpus: float = knob(0.0, ge=0)  # GPUs per model replica (GPU clusters: e.g. 1)
     # Autoscaling: a replica count above *_replicas turns it on (0 = fixed replica counts).
@@ -350,6 +351,8 @@ MOVED["evaluate.best_of"] = "refine.best_of"
 class EvaluateConfig(_Strict):
     n_questions: int | None = Field(300, ge=1)  # test questions (None = all)
     n_plot_examples: int = Field(4, ge=0)
+    # ORM/SORM backend, a knob (p agree to ~1e-6); vLLM 1.99x/2.33x hf SmolLM2/tiny, performance.md
+    scorer: Literal["auto", "vllm", "hf"] = knob("hf")
 
 
 class PlanConfig(_Strict):

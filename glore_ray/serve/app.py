@@ -103,10 +103,10 @@ def build_app(cfg: RunConfig, model_paths: dict[str, str], scorer_cls: Any = Non
         adapters = {}
     orm = RewardModel.options(name="orm", **rew_opts).bind(
         model_paths["orm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls,
-        chat=cfg.policy.chat_template)
+        chat=cfg.policy.chat_template, scorer=s.scorer)
     sorm = RewardModel.options(name="sorm", **rew_opts).bind(
         model_paths["sorm"], num_cpus=s.replica_cpus, scorer_cls=scorer_cls,
-        chat=cfg.policy.chat_template)
+        chat=cfg.policy.chat_template, scorer=s.scorer)
     ingress = build_ingress(ingress_settings(s), GraphParams.from_config(cfg)).options(
         name="ingress", ray_actor_options={"num_cpus": 0})
     return ingress.bind(policy, global_, local, orm, sorm, adapters)

@@ -182,26 +182,21 @@ class Generator:
         return {"model": self.model_path, "engine": self.kind, "adapters": list(self.engines)}
 
 
-def _reward_scorer_cls():
-    try:
-        from glore_ray.train.reward import RewardScorer
-    except ImportError:
-        return None
-    return RewardScorer
-
-
 @serve.deployment(max_ongoing_requests=64)
 class RewardModel:
-    """``scorer_cls`` defaults to ``glore_ray.train.reward.RewardScorer(path, device)`` with
+    """The scorer is ``train.vllm_scorer.make_scorer(path, scorer)`` (``serve.scorer``: hf, vllm
+    or auto), or ``scorer_cls(path)`` when given (tests), with
     ``.score(questions, steps) -> per-step probabilities``."""
 
     def __init__(self, model_path: str, num_cpus: float = 1.0, scorer_cls: Any = None,
-                 chat: bool = False) -> None:
-        _limit_threads(num_cpus)
-        cls = scorer_cls or _reward_scorer_cls()
-        if cls is None:
-            raise RuntimeError("glore_ray.train.reward.RewardScorer is not available")
-        self.scorer = cls(model_path, chat=True) if chat else cls(model_path)
+                 chat: bool = False, scorer: str = "hf") -> None:
+        _limit_threads(num_cpus)  # first: vLLM's CPU worker makes it a no-op afterwards
+        if scorer_cls is not None:
+            self.scorer = scorer_cls(model_path, chat=True) if chat else scorer_cls(model_path)
+        else:
+            from glore_ray.train.vllm_scorer import make_scorer
+
+            self.scorer = make_scorer(model_path, scorer, chat=chat)
         self.model_path = model_path
 
     def reconfigure(self, config: dict) -> None:

@@ -95,7 +95,7 @@ class ScorerPool:
         s = cfg.serve
         actor = ray.remote(_ScoreActor).options(num_cpus=s.replica_cpus, num_gpus=s.replica_gpus)
         self.actors = [actor.remote(model_path, max(1, round(s.replica_cpus)),
-                                    cfg.policy.chat_template)
+                                    cfg.policy.chat_template, cfg.evaluate.scorer)
                        for _ in range(s.reward_replicas)]
 
     def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
@@ -119,13 +119,13 @@ class ScorerPool:
 
 
 class _ScoreActor:
-    def __init__(self, model_path: str, threads: int, chat: bool = False):
+    def __init__(self, model_path: str, threads: int, chat: bool = False, which: str = "hf"):
         import torch
 
-        from glore_ray.train.reward import RewardScorer
+        from glore_ray.train.vllm_scorer import make_scorer
 
-        torch.set_num_threads(threads)
-        self.scorer = RewardScorer(model_path, chat=chat)
+        torch.set_num_threads(threads)  # first: vLLM's CPU worker makes it a no-op afterwards
+        self.scorer = make_scorer(model_path, which, chat=chat)
 
     def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
         return self.scorer.score(questions, steps)
