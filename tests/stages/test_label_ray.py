@@ -170,7 +170,7 @@ def test_label_stage_equals_labelling_in_memory(tmp_path, smoke_config_path):
 
     cfg, paths = _prepared(tmp_path, smoke_config_path, "seed=3", "rollout.rollout_questions=null")
     samples, rollouts = _world_rows(cfg, n_q=12)
-    samples = samples[::-1]  # file order, not qid order, decides the row order
+    samples = samples[::-1]  # the file's order must not matter: rows come in (qid, sample_id)
     write_rows(paths.samples, samples, Sample)
     write_rows(paths.rollouts, rollouts, Rollout)
     label.run(cfg, paths, log=lambda m: None)
@@ -185,7 +185,8 @@ def test_label_stage_equals_labelling_in_memory(tmp_path, smoke_config_path):
     sorm = [{"qid": s.qid, "sample_id": s.sample_id, "question": questions[s.qid].question,
              "steps": s.steps, "labels": [r.sorm_hard for r in hard[(s.qid, s.sample_id)]],
              "soft_labels": [r.sorm_soft for r in hard[(s.qid, s.sample_id)]],
-             "mask": [1.0] * len(s.steps)} for s in samples]
+             "mask": [1.0] * len(s.steps)}
+            for s in sorted(samples, key=lambda s: (s.qid, s.sample_id))]
     sorm, _ = balance(sorm, cfg.seed)
     for split in ("train", "eval"):
         got = pq.read_table(paths.training_set("sorm") / f"{split}.parquet").to_pylist()
