@@ -250,6 +250,16 @@ def step_metrics(probs: Sequence[Sequence[float]] | Sequence[float],
 
 # ------------------------------------------------------------------ inference
 
+def encode_for_scoring(tokenizer, questions: list[str], steps: list[list[str]], max_len: int,
+                       chat: bool) -> list[tuple[list[int], list[int]]]:
+    """``encode_reward`` per solution for a scorer (``([], [])`` for an empty one): both scorers
+    feed a model exactly these ids and read it at these step-end positions."""
+    if len(questions) != len(steps):
+        raise ValueError(f"score: {len(questions)} questions but {len(steps)} step lists")
+    return [encode_reward(tokenizer, q, s, max_len, chat) if s else ([], [])
+            for q, s in zip(questions, steps)]
+
+
 class RewardScorer:
     """Per-step probabilities from a saved reward-model folder (ORM or SORM).
 
@@ -284,10 +294,7 @@ class RewardScorer:
         self._lock = threading.Lock()
 
     def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
-        if len(questions) != len(steps):
-            raise ValueError(f"score: {len(questions)} questions but {len(steps)} step lists")
-        encoded = [encode_reward(self.tokenizer, q, s, self.max_len, self.chat) if s else ([], [])
-                   for q, s in zip(questions, steps)]
+        encoded = encode_for_scoring(self.tokenizer, questions, steps, self.max_len, self.chat)
         out: list[list[float]] = [[] for _ in questions]
         order = sorted((i for i, (ids, _) in enumerate(encoded) if ids),
                        key=lambda i: len(encoded[i][0]))

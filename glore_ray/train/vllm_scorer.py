@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from glore_ray.train.reward import UNSCORED, RewardScorer, encode_reward
+from glore_ray.train.reward import UNSCORED, RewardScorer, encode_for_scoring
 
 log = logging.getLogger(__name__)
 ScorerChoice = Literal["auto", "vllm", "hf"]
@@ -95,10 +95,7 @@ class VLLMRewardScorer:
     def score(self, questions: list[str], steps: list[list[str]]) -> list[list[float]]:
         from vllm.inputs import TokensPrompt
 
-        if len(questions) != len(steps):
-            raise ValueError(f"score: {len(questions)} questions but {len(steps)} step lists")
-        encoded = [encode_reward(self.tokenizer, q, s, self.max_len, self.chat) if s else ([], [])
-                   for q, s in zip(questions, steps)]
+        encoded = encode_for_scoring(self.tokenizer, questions, steps, self.max_len, self.chat)
         todo = [i for i, (ids, _) in enumerate(encoded) if ids]
         out: list[list[float]] = [[] for _ in questions]
         if not todo:
