@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import random
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -321,8 +322,6 @@ def peak_mem_mib() -> float:
     """This process's peak memory: GPU allocations on GPU, else peak RSS (Linux ru_maxrss, KiB)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -428,7 +427,11 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
 
     def gathered(extra: dict | None = None) -> dict:
         nonlocal t_last, tok_total
-        loss_sum, n, tokens = _all_reduce([acc["loss"], acc["n"], acc["tokens"]])
+        # CPU seconds in user / kernel mode and minor page faults of this process so far, summed
+        # over ranks: where a step's time goes (benchmarks/training.py compares launchers)
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        loss_sum, n, tokens, user_s, sys_s, faults = _all_reduce(
+            [acc["loss"], acc["n"], acc["tokens"], use.ru_utime, use.ru_stime, use.ru_minflt])
         now = time.time()
         tok_total += tokens
         m = {"model": spec.name, "step": step, "total_steps": total,
@@ -437,7 +440,8 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
              "elapsed_s": now - t_start, "setup_s": setup_s, "resumed_from": resumed_from,
              "world_size": world,
              "peak_mem_mib": _all_reduce([peak_mem_mib()], dist.ReduceOp.MAX)[0],
-             "base_mem_mib": base_mem}
+             "base_mem_mib": base_mem, "cpu_user_s": user_s, "cpu_sys_s": sys_s,
+             "minor_faults": faults, "torch_threads": torch.get_num_threads()}
         acc.update(loss=0.0, n=0, tokens=0)
         t_last = now
         return {**m, **(extra or {})}
@@ -625,7 +629,8 @@ def export_hf(ckpt_dir: str | Path, spec: LoopSpec, out_dir: str | Path) -> Path
 
 def _main(argv: list[str]) -> int:
     """``torchrun ... -m glore_ray.train.loop SPEC.json TRAIN.parquet EVAL.parquet OUT``: the same
-    loop without Ray; checkpoints go to OUT/ckpt (shared disk), the model to OUT/model."""
+    loop without Ray; checkpoints go to OUT/ckpt (shared disk), the model to OUT/model, the
+    reported metrics to OUT/history.jsonl."""
     import deepspeed
     import pandas as pd
 
@@ -649,8 +654,20 @@ def _main(argv: list[str]) -> int:
         return engine.load(ckpt) if (ckpt / DeepSpeedEngine.TAG).exists() or \
             (ckpt / DDPEngine.FILE).exists() else None
 
+    out.mkdir(parents=True, exist_ok=True)
+    history = (out / "history.jsonl").open("w") if rank == 0 else None
+
+    def report(m: dict) -> None:  # what Ray Train's reports hold, as lines (same on every rank)
+        if history:
+            history.write(json.dumps(m) + "\n")
+            history.flush()
+
+    def save_and_report(engine: Engine, state: dict, metrics: dict) -> None:
+        save(engine, state, metrics)
+        report(metrics)
+
     metrics = train(spec, rows[rank::world], ev[rank::world],
-                    Hooks(report=lambda m: None, save=save, load=load))
+                    Hooks(report=report, save=save_and_report, load=load))
     if metrics.get("nonfinite"):
         print(metrics["nonfinite"], file=sys.stderr)
         return 1

@@ -53,6 +53,11 @@ def test_loop_under_torchrun_zero3_lora(tmp_path):
     assert "[train local] step 2/2" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 2 and metrics["world_size"] == 2 and "eval_loss" in metrics
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2]  # a report per checkpoint, as under Ray Train
+    # where the time went, summed over both ranks, growing step to step
+    assert 0 < history[0]["cpu_user_s"] <= history[1]["cpu_user_s"]
+    assert 0 < history[0]["minor_faults"] <= history[1]["minor_faults"]
 
     weights = load_file(out / "model" / "model.safetensors")
     assert not any("lora" in k for k in weights)  # merged: no peft needed to load it
