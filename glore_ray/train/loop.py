@@ -59,6 +59,9 @@ class LoopSpec:
     bf16: bool = False  # bf16 compute, fp32 weights: DeepSpeed's bf16 mode on GPU, autocast else
     deepspeed: dict[str, Any] = field(default_factory=dict)  # merged over the generated config
     lora_rank: int = 0
+    # recompute each layer's activations in backward instead of keeping them: the peak memory of a
+    # full fine-tune is mostly activations (benchmarks/launchers.py), at ~1/3 more compute
+    gradient_checkpointing: bool = False
     chat_template: bool = False  # prompts in the tokenizer's chat template (policy.chat_template)
     checkpoint_every: int = 50
     log_every: int = 0  # 0 = about ten progress lines per run
@@ -74,6 +77,9 @@ def build_model(spec: LoopSpec):
     dtype = torch.float32  # DeepSpeed's bf16 mode keeps fp32 masters and casts itself
     model = (reward.build_reward_model(spec.policy, dtype) if spec.kind == "reward"
              else sft.build_refiner(spec.policy, dtype))
+    if spec.gradient_checkpointing:  # non-reentrant: works with ZeRO and with frozen LoRA bases
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # no KV cache in training (and no warning about it)
     if spec.kind == "reward" and spec.lm_weight > 0:
         model = reward.RewardWithLM(model, spec.policy, dtype)
     if spec.lora_rank > 0:
@@ -423,6 +429,7 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
     setup_s = time.time() - t_setup
     acc = {"loss": 0.0, "n": 0, "tokens": 0}
     t_last, t_start, tok_total = time.time(), time.time(), 0.0
+    hooks_s = 0.0  # wall time inside report/save: Ray Train's report can wait for its controller
     metrics: dict = {}
 
     def gathered(extra: dict | None = None) -> dict:
@@ -441,7 +448,8 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
              "world_size": world,
              "peak_mem_mib": _all_reduce([peak_mem_mib()], dist.ReduceOp.MAX)[0],
              "base_mem_mib": base_mem, "cpu_user_s": user_s, "cpu_sys_s": sys_s,
-             "minor_faults": faults, "torch_threads": torch.get_num_threads()}
+             "minor_faults": faults, "torch_threads": torch.get_num_threads(),
+             "hooks_s": hooks_s}
         acc.update(loss=0.0, n=0, tokens=0)
         t_last = now
         return {**m, **(extra or {})}
@@ -482,10 +490,12 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
                 metrics = gathered()
             if rank == 0 and hooks.progress and metrics.get("step") == step:
                 hooks.progress(progress_line(metrics))
+            t_hook = time.time()
             if done or step % spec.checkpoint_every == 0:
                 hooks.save(engine, {"step": step, "total": total}, metrics)
             elif end_of_epoch or step % log_every == 0:
                 hooks.report(metrics)
+            hooks_s += time.time() - t_hook
             hooks.after_step(step)
             if done:
                 break

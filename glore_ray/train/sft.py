@@ -78,14 +78,32 @@ def build_refiner(policy: str | Path, dtype: torch.dtype = torch.float32):
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, float]:
-    """Mean token cross-entropy on the targets. Returns (loss, n target tokens, n correct)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    # position t predicts token t+1
-    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+    """Mean token cross-entropy on the targets. Returns (loss, n target tokens, n correct).
+
+    Vocabulary-sized logits only from the first position that predicts a target token
+    (``logits_to_keep``): a refiner's prompt, often most of its row, costs none; and the shift is
+    applied to the labels, so the logits are never copied. On SmolLM2 (49k vocabulary) the
+    logits were ~2 GB of a step's allocations (docs/performance.md)."""
+    labels = batch["labels"]
+    targeted = (labels[:, 1:] != -100).any(0).nonzero()
+    start = int(targeted[0]) if len(targeted) else 0  # position t predicts token t + 1
+    keep = labels.size(1) - start
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       logits_to_keep=keep).logits
+    except TypeError as e:  # a model without HF's logits_to_keep: every position
+        if "logits_to_keep" not in str(e):
+            raise
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, start:]
+    # logits[:, j] is position start + j and predicts labels[:, start + j + 1]; the last predicts
+    # nothing
+    target = torch.nn.functional.pad(labels[:, start + 1:], (0, 1), value=-100)
+    logits = logits.float()  # a copy only under bf16 autocast
     loss_sum = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
         reduction="sum")
-    valid = labels != -100
+    valid = target != -100
     n = float(valid.sum())
-    correct = float(((logits.argmax(-1) == labels) & valid).sum())
+    correct = float(((logits.argmax(-1) == target) & valid).sum())
     return loss_sum / max(n, 1.0), n, correct

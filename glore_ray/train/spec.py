@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # Train-section fields every fine-tune's LoopSpec copies by name (``deepspeed`` read from its file
 # when it names one; ``max_len`` unset: the caller's default).
 LOOP_FIELDS = ("warmup_ratio", "weight_decay", "engine", "zero_stage", "offload_optimizer", "bf16",
-               "deepspeed", "checkpoint_every", "log_every", "max_len")
+               "deepspeed", "checkpoint_every", "log_every", "max_len", "gradient_checkpointing")
 # Train-section fields passed by name to ``ray_trainer.fit``: the workers and the eval split.
 FIT_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "resources_per_worker", "max_failures",
               "eval_fraction")

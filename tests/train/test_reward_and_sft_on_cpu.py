@@ -95,6 +95,40 @@ def test_sft_labels_cover_target_and_eos_only(word_tok):
     assert word_tok.decode(learned[:-1]) == target
 
 
+def test_sft_loss_reads_logits_from_the_first_target_position_only(word_tok):
+    """Same loss, token count and gradients as cross-entropy over every position's logits, while
+    the model is asked for logits from the first position that predicts a target token on."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rows = [{"prompt": global_prompt(Q, "23 + 45 = 67\n#### 67"), "target": "\n".join(STEPS)},
+            {"prompt": policy_prompt(Q), "target": "\n".join(STEPS[1:])}]
+    batch = sft.collate(sft.encode_rows(word_tok, rows, 512), word_tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(word_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512))
+    asked = []
+    model.register_forward_pre_hook(lambda m, a, kw: asked.append(kw.get("logits_to_keep")),
+                                    with_kwargs=True)
+
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    want = torch.nn.functional.cross_entropy(full[:, :-1].reshape(-1, full.size(-1)),
+                                             labels.reshape(-1), ignore_index=-100)
+    want.backward()
+    want_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    loss, n, _ = sft.sft_loss(model, batch)
+    loss.backward()
+    first_target = int((batch["labels"] != -100).any(0).nonzero()[0])
+    assert asked[-1] == batch["labels"].size(1) - (first_target - 1) < batch["labels"].size(1)
+    assert n == float((labels != -100).sum())
+    assert torch.allclose(loss, want, atol=1e-6)
+    for g, w in zip((p.grad for p in model.parameters()), want_grads):
+        assert torch.allclose(g, w, atol=1e-6)
+
+
 def test_step_metrics():
     m = reward.step_metrics([[0.9, 0.2], [0.7]], [[1.0, 0.0], [0.0]])
     assert m["n_steps"] == 3 and math.isclose(m["step_accuracy"], 2 / 3)
@@ -239,3 +273,23 @@ def test_reward_rows_carry_question_and_outcome(word_tok):
     b = reward.collate(enc, word_tok.pad_token_id)
     assert b["group"][0] == b["group"][1] and b["outcome"].tolist() == [0.0, 1.0]
     assert b["last"].tolist() == [e["positions"][-1] for e in enc]
+
+
+@pytest.mark.parametrize("which", ["global", "orm"])
+def test_gradient_checkpointing_knob_reaches_the_model(tmp_path, word_tok, which):
+    """``train.gradient_checkpointing`` (a knob: the model is the same) turns it on in the model
+    every fine-tune builds, refiner or reward model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from glore_ray.config import load_config
+    from glore_ray.train.loop import build_model
+    from glore_ray.train.spec import model_spec
+
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(word_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path)
+    word_tok.save_pretrained(tmp_path)
+    for on in (False, True):
+        cfg = load_config(None, [f"train.gradient_checkpointing={str(on).lower()}"])
+        model = build_model(model_spec(cfg, which, str(tmp_path)))
+        assert model.is_gradient_checkpointing is on
