@@ -1,0 +1,109 @@
+"""Refiner SFT data (global and local): loss on the target tokens only.
+
+One input row (the label stage's ``global`` / ``local`` sets; prompts from ``glore_ray.prompts``)::
+
+    {"qid": "syn-train-00012",
+     "prompt": "Question: Mia has 23 shells. ...\\nWrong draft:\\n23 + 45 = 68\\n...\\nAnswer:\\n",
+     "target": "23 + 45 = 68\\n68 - 12 = 56\\n#### 56"}
+
+The model sees ``prompt + target + EOS``; labels are -100 on the prompt and the padding, so only the
+target (and its EOS) is learned. Which tokens are the target is decided by character offsets, so a
+BPE merge across the prompt/target boundary cannot shift the mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from glore_ray.prompts import chat as chat_prompt
+from glore_ray.train.batching import pad_right
+
+
+def encode_pair(tokenizer, prompt: str, target: str, max_len: int,
+                chat: bool = False) -> tuple[list[int], int]:
+    """(ids ending in EOS, number of leading prompt tokens). Over-long pairs lose prompt tokens
+    from the start (after BOS): the target is what the refiner must learn to write. ``chat``: the
+    prompt in the tokenizer's chat template (``policy.chat_template``)."""
+    if not target.strip():
+        raise ValueError(f"empty SFT target for prompt {prompt[:60]!r}")
+    if chat:
+        prompt = chat_prompt(prompt, tokenizer)
+    enc = tokenizer(prompt + target, return_offsets_mapping=True, add_special_tokens=True)
+    ids = list(enc["input_ids"]) + [tokenizer.eos_token_id]
+    # first token that reaches into the target; special tokens have (0, 0) spans
+    n_prompt = next((t for t, (s, e) in enumerate(enc["offset_mapping"])
+                     if e > s and e > len(prompt)), len(enc["input_ids"]))
+    if len(ids) > max_len:
+        keep_bos = tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+        head = ids[:1] if keep_bos else []
+        cut = len(ids) - max_len + len(head)
+        if cut > n_prompt:
+            raise ValueError(f"SFT target alone is longer than max_len={max_len} tokens")
+        ids = head + ids[cut:]
+        n_prompt = n_prompt - cut + len(head)
+    return ids, n_prompt
+
+
+def encode_rows(tokenizer, rows: Sequence[dict], max_len: int, chat: bool = False) -> list[dict]:
+    """Label-stage rows -> encoded examples ``{ids, n_prompt}``."""
+    out = []
+    for r in rows:
+        if "prompt" not in r or "target" not in r:
+            raise ValueError(f"refiner row needs 'prompt' and 'target', got {sorted(r)}")
+        ids, n_prompt = encode_pair(tokenizer, r["prompt"], r["target"], max_len, chat)
+        out.append({"ids": ids, "n_prompt": n_prompt})
+    return out
+
+
+def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    ids, attn = pad_right([e["ids"] for e in examples], pad_id)
+    labels = torch.full_like(ids, -100)
+    for i, e in enumerate(examples):
+        n = len(e["ids"])
+        labels[i, e["n_prompt"] : n] = ids[i, e["n_prompt"] : n]
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+def build_refiner(policy: str | Path, dtype: torch.dtype = torch.float32):
+    """A causal LM initialised from the policy (same architecture, same tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, float]:
+    """Mean token cross-entropy on the targets. Returns (loss, n target tokens, n correct).
+
+    Vocabulary-sized logits only from the first position that predicts a target token
+    (``logits_to_keep``): a refiner's prompt, often most of its row, costs none; and the shift is
+    applied to the labels, so the logits are never copied. On SmolLM2 (49k vocabulary) the
+    logits were ~2 GB of a step's allocations (docs/performance.md)."""
+    labels = batch["labels"]
+    targeted = (labels[:, 1:] != -100).any(0).nonzero()
+    start = int(targeted[0]) if len(targeted) else 0  # position t predicts token t + 1
+    keep = labels.size(1) - start
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       logits_to_keep=keep).logits
+    except TypeError as e:  # a model without HF's logits_to_keep: every position
+        if "logits_to_keep" not in str(e):
+            raise
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, start:]
+    # logits[:, j] is position start + j and predicts labels[:, start + j + 1]; the last predicts
+    # nothing
+    target = torch.nn.functional.pad(labels[:, start + 1:], (0, 1), value=-100)
+    logits = logits.float()  # a copy only under bf16 autocast
+    loss_sum = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+        reduction="sum")
+    valid = target != -100
+    n = float(valid.sum())
+    correct = float(((logits.argmax(-1) == target) & valid).sum())
+    return loss_sum / max(n, 1.0), n, correct
