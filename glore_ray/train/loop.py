@@ -435,7 +435,7 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
     def gathered(extra: dict | None = None) -> dict:
         nonlocal t_last, tok_total
         # CPU seconds in user / kernel mode and minor page faults of this process so far, summed
-        # over ranks: where a step's time goes (benchmarks/training.py compares launchers)
+        # over ranks: where a step's time goes (benchmarks/launchers.py compares launchers)
         use = resource.getrusage(resource.RUSAGE_SELF)
         loss_sum, n, tokens, user_s, sys_s, faults = _all_reduce(
             [acc["loss"], acc["n"], acc["tokens"], use.ru_utime, use.ru_stime, use.ru_minflt])
