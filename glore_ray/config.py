@@ -265,6 +265,9 @@ class TrainConfig(_Strict):
     offload_optimizer: bool = False
     bf16: bool = False
     checkpoint_every: int = knob(50, ge=1)  # resume granularity; the model is the same
+    # keep each fine-tune's resumable checkpoints (weights + optimizer state, ~4x the model) after
+    # its model is exported; off: removed then (a finished fit never resumes)
+    keep_checkpoints: bool = knob(False)
     max_failures: int = knob(2, ge=0)
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     lora_rank: int = Field(0, ge=0)  # 0 = full fine-tune

@@ -6,7 +6,10 @@
   folder and reports it; Ray Train merges the shards into one checkpoint folder under
   ``<run>/train/ray/<model>/`` and keeps the last two. On a worker failure
   (``FailureConfig(max_failures)``) the group restarts and the loop resumes from
-  ``ray.train.get_checkpoint()``;
+  ``ray.train.get_checkpoint()``. They exist to resume a fit: once its model is exported they are
+  removed (``train.keep_checkpoints`` keeps them) — with the optimizer state a checkpoint is ~4x
+  the model, and a run has five fine-tunes. Before training, ``check_disk`` refuses to start
+  when the disk cannot hold one checkpoint and the exported model;
 - metrics: every report goes through Ray Train; ``MetricsCallback`` (a Ray Train ``UserCallback``)
   appends them to ``metrics.jsonl`` and TensorBoard event files — MLflow or W&B callbacks plug in
   the same way through ``RunConfig(callbacks=...)``;
@@ -20,6 +23,7 @@ makes the last rank ``os._exit(1)`` once, after step N.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -61,7 +65,14 @@ def train_worker(config: dict) -> None:
     def save(engine: Engine, state: dict, metrics: dict) -> None:
         # every rank writes its shard into its own temp folder; Ray merges them in storage
         with tempfile.TemporaryDirectory(prefix=f"glore-ckpt-r{rank}-") as tmp:
-            engine.save(tmp, state)
+            try:
+                engine.save(tmp, state)
+            except (OSError, RuntimeError) as e:  # torch.save says "unexpected pos" on a full disk
+                raise CheckpointWriteError(
+                    f"[train {spec.name}] writing the step-{state['step']} checkpoint to {tmp} "
+                    f"failed ({e}); {_free_gib(tmp):.1f} GiB free there, one checkpoint is "
+                    f"~{(config.get('checkpoint_bytes') or 0) / 2**30:.1f} GiB: free disk "
+                    f"space or point TMPDIR at a larger disk") from e
             has_files = any(Path(tmp).iterdir())
             ckpt = ray.train.Checkpoint.from_directory(tmp) if has_files else None
             ray.train.report(_clean({**metrics, "checkpoint_step": state["step"]}),
@@ -146,8 +157,9 @@ def fit(spec: LoopSpec, train_path: str | Path, eval_path: str | Path | None,
         storage: str | Path, out_dir: str | Path, *, num_workers: int = 2,
         use_gpu: bool = False, cpus_per_worker: float = 1.0,
         resources_per_worker: dict[str, float] | None = None, max_failures: int = 2,
-        eval_fraction: float = 0.1, log=print) -> dict:
-    """Train ``spec`` on a real Ray cluster and write the HF folder ``out_dir``.
+        eval_fraction: float = 0.1, keep_checkpoints: bool = False, log=print) -> dict:
+    """Train ``spec`` on a real Ray cluster and write the HF folder ``out_dir``; then remove the
+    run's resumable checkpoints unless ``keep_checkpoints``.
 
     Returns a summary: final metrics, the report history, restarts and timings."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -160,12 +172,13 @@ def fit(spec: LoopSpec, train_path: str | Path, eval_path: str | Path | None,
     run_dir = storage / spec.name
     if run_dir.exists():  # a previous, interrupted attempt of this stage: start clean
         shutil.rmtree(run_dir)
+    ckpt_bytes = check_disk(spec, storage, Path(out_dir))
     train_ds, eval_ds = _datasets(train_path, eval_path, eval_fraction, spec.seed, num_workers,
                                   log)
     resources = {"CPU": cpus_per_worker, **(resources_per_worker or {})}
     if use_gpu:
         resources.setdefault("GPU", 1)
-    config: dict[str, Any] = {"spec": asdict(spec)}
+    config: dict[str, Any] = {"spec": asdict(spec), "checkpoint_bytes": ckpt_bytes}
     if os.environ.get(FAIL_AT_ENV):
         config["fail_at_step"] = int(os.environ[FAIL_AT_ENV])
         config["fail_marker"] = (os.environ.get(FAIL_MARKER_ENV)
@@ -211,8 +224,77 @@ def fit(spec: LoopSpec, train_path: str | Path, eval_path: str | Path | None,
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-    log(f"[train {spec.name}] saved {out_dir} ({fit_s:.0f}s training)")
+    freed = "" if keep_checkpoints else _remove_checkpoints(run_dir)
+    log(f"[train {spec.name}] saved {out_dir} ({fit_s:.0f}s training){freed}")
     return summary
+
+
+# ------------------------------------------------------------------ disk
+
+class CheckpointWriteError(RuntimeError):
+    """A worker could not write its checkpoint (a full disk, mostly); the message says where."""
+
+
+class NotEnoughDisk(RuntimeError):
+    """The disk cannot hold one checkpoint and the exported model: refused before training."""
+
+
+def _free_gib(folder: str | Path) -> float:
+    return shutil.disk_usage(folder).free / 2**30
+
+
+def checkpoint_bytes(spec: LoopSpec) -> int | None:
+    """About the bytes of one resumable checkpoint of ``spec``: fp32 weights, plus, for a full
+    fine-tune, the optimizer's fp32 master copy and two Adam moments (16 bytes a parameter; LoRA
+    trains few). None when the policy is not a local folder of safetensors (a hub id)."""
+    folder = Path(spec.policy)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    n = 0
+    for f in files:
+        with safe_open(str(f), "pt") as h:  # reads the header only
+            n += sum(math.prod(h.get_slice(k).get_shape()) for k in h.keys())
+    return n * (4 if spec.lora_rank else 16)
+
+
+def check_disk(spec: LoopSpec, storage: Path, out_dir: Path) -> int | None:
+    """Refuse to start a fine-tune whose first checkpoint and exported model cannot fit: the
+    workers write a checkpoint to TMPDIR, Ray copies it into ``storage``, the export goes to
+    ``out_dir`` (fp32 weights). A lower bound — later checkpoints (two are kept while training)
+    need more. Returns the checkpoint estimate (None: unknown, nothing checked)."""
+    ckpt = checkpoint_bytes(spec)
+    if ckpt is None:
+        return None
+    weights = ckpt // 4 if spec.lora_rank else ckpt // 16 * 4
+    needs: dict[Path, int] = {}
+    for folder, size in ((Path(tempfile.gettempdir()), ckpt), (storage, ckpt),
+                         (out_dir.parent, weights)):
+        folder = next(p for p in (folder, *folder.parents) if p.exists())
+        dev = next((d for d in needs if os.stat(d).st_dev == os.stat(folder).st_dev), folder)
+        needs[dev] = needs.get(dev, 0) + size
+    for folder, need in needs.items():
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise NotEnoughDisk(
+                f"[train {spec.name}] needs at least {need / 2**30:.1f} GiB free on the disk of "
+                f"{folder} (one checkpoint with optimizer state {ckpt / 2**30:.1f} GiB, written "
+                f"to TMPDIR then copied to {storage}, and the {weights / 2**30:.1f} GiB model); "
+                f"it has {free / 2**30:.1f} GiB. Free space, or put output_dir / TMPDIR on a "
+                f"larger disk; nothing was trained")
+    return ckpt
+
+
+def _remove_checkpoints(run_dir: Path) -> str:
+    """Delete the fit's checkpoint folders (its metrics stay); say how much that freed."""
+    folders = [p for p in run_dir.glob("step_*") if p.is_dir()] if run_dir.exists() else []
+    size = sum(f.stat().st_size for p in folders for f in p.rglob("*") if f.is_file())
+    for p in folders:
+        shutil.rmtree(p, ignore_errors=True)
+    return f"; removed its {len(folders)} resumable checkpoint(s), {size / 2**30:.1f} GiB" \
+        if folders else ""
 
 
 def _history(run_dir: Path) -> list[dict]:

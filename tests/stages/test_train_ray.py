@@ -1,5 +1,6 @@
 """Real Ray Train + real DeepSpeed (ZeRO-2 on gloo): a worker killed mid-run resumes from its last
-checkpoint. (The four models of a run, trained by `glore run`, are checked in test_pipeline_ray.)"""
+checkpoint, and the checkpoints are removed once the model is exported. (The four models of a run,
+trained by `glore run`, are checked in test_pipeline_ray.)"""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, policy, tmp_path,
     assert second_run and second_run[0] == 3  # continued after the step-2 checkpoint, not from 0
     assert s["final"]["step"] == 5 and s["restarts"] == 1
     assert (tmp_path / "orm" / "config.json").exists()
+    # the fit is done: its resumable checkpoints are gone, its metrics stay
+    run_dir = tmp_path / "ray" / "orm"
+    assert (run_dir / "metrics.jsonl").exists() and not list(run_dir.glob("step_*"))
 
 
 @pytest.mark.parametrize("eval_rows", [0, 1])
