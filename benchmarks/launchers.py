@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -120,6 +121,8 @@ def main() -> int:
     ap.add_argument("--cpus-per-worker", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--zero-stage", type=int, default=2)
+    ap.add_argument("--engine", choices=["deepspeed", "ddp"], default="deepspeed",
+                    help="ddp: plain torch DDP + AdamW, to tell DeepSpeed's buffers from the rest")
     ap.add_argument("--launchers", default="torchrun,ray")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for both launchers")
     ap.add_argument("--gradient-checkpointing", action="store_true")
@@ -144,21 +147,24 @@ def main() -> int:
     pd.DataFrame(rows[n_rows:]).to_parquet(sets / "eval.parquet")
     spec = LoopSpec(name=f"bench_{args.model}", kind="sft", policy=policy,
                     batch_size=args.batch_size, max_steps=args.steps, epochs=1,
-                    engine="deepspeed", zero_stage=args.zero_stage, checkpoint_every=10**6,
+                    engine=args.engine, zero_stage=args.zero_stage, checkpoint_every=10**6,
                     log_every=1, warmup_ratio=0.0, deepspeed=json.loads(args.deepspeed),
                     gradient_checkpointing=args.gradient_checkpointing)
     report: dict = {"model": args.model, "policy": policy, "workers": args.workers,
                     "cpus_per_worker": args.cpus_per_worker,
                     "batch_size_per_worker": args.batch_size, "steps": args.steps,
-                    "zero_stage": args.zero_stage, "env": args.env,
+                    "engine": args.engine, "zero_stage": args.zero_stage, "env": args.env,
                     "deepspeed": json.loads(args.deepspeed),
                     "gradient_checkpointing": args.gradient_checkpointing, "launchers": {}}
     runners = {"ray": run_ray, "torchrun": run_torchrun}
-    for name in args.launchers.split(","):
-        (work / name).mkdir()
-        report["launchers"][name] = runners[name](spec, sets, work / name, args.workers,
-                                                  args.cpus_per_worker)
-        print(json.dumps({name: report["launchers"][name]}), flush=True)
+    try:
+        for name in args.launchers.split(","):
+            (work / name).mkdir()
+            report["launchers"][name] = runners[name](spec, sets, work / name, args.workers,
+                                                      args.cpus_per_worker)
+            print(json.dumps({name: report["launchers"][name]}), flush=True)
+    finally:  # each launcher's exported model and checkpoints: GBs for SmolLM2
+        shutil.rmtree(work, ignore_errors=True)
     got = report["launchers"]
     if "ray" in got and "torchrun" in got:
         report["ray_over_torchrun_step_time"] = round(

@@ -77,17 +77,75 @@ def build_refiner(policy: str | Path, dtype: torch.dtype = torch.float32):
     return model
 
 
+# Target positions whose vocabulary-sized logits exist at once (``_chunked_ce``): 512 x 49k
+# (SmolLM2) x 4 bytes = 100 MB, and their gradient, instead of every target position's.
+CHUNK_POSITIONS = 512
+
+
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, float]:
     """Mean token cross-entropy on the targets. Returns (loss, n target tokens, n correct).
 
-    Vocabulary-sized logits only from the first position that predicts a target token
-    (``logits_to_keep``): a refiner's prompt, often most of its row, costs none; and the shift is
-    applied to the labels, so the logits are never copied. On SmolLM2 (49k vocabulary) the
-    logits were ~2 GB of a step's allocations (docs/performance.md)."""
+    The vocabulary-sized logits are the largest tensors of a step (~2 GB of SmolLM2's, 49k
+    vocabulary; docs/performance.md). So the model returns its final hidden states, and the LM
+    head is applied only at target positions, ``CHUNK_POSITIONS`` at a time, each chunk's logits
+    recomputed in backward instead of kept (``_chunked_ce``). A model whose logits are not its
+    head applied to the last hidden state (a logit scale or soft-capping) — checked at the last
+    position —, a model without ``get_output_embeddings`` and ZeRO-3 take ``_full_logits_ce``."""
     labels = batch["labels"]
     targeted = (labels[:, 1:] != -100).any(0).nonzero()
     start = int(targeted[0]) if len(targeted) else 0  # position t predicts token t + 1
-    keep = labels.size(1) - start
+    # position start + j predicts labels[:, start + j + 1]; the last position predicts nothing
+    target = torch.nn.functional.pad(labels[:, start + 1:], (0, 1), value=-100)
+    head = _output_head(model)
+    # ZeRO-3 gathers a weight only inside its module's forward: not into a recomputed chunk
+    if head is not None and not hasattr(head.weight, "ds_id"):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1]
+        with torch.no_grad():
+            plain = torch.allclose(head(hidden[:, -1:]).float(), out.logits.float(), rtol=1e-3,
+                                   atol=1e-3)
+        if plain:
+            return _chunked_ce(head, hidden[:, start:], target)
+    return _full_logits_ce(model, batch, start, target)
+
+
+def _output_head(model):
+    """The LM head of a causal LM, also inside a DeepSpeed engine or DDP (``.module``)."""
+    inner = getattr(model, "module", model)
+    get = getattr(inner, "get_output_embeddings", None)
+    return get() if callable(get) else None
+
+
+def _chunked_ce(head, hidden: torch.Tensor, target: torch.Tensor
+                ) -> tuple[torch.Tensor, float, float]:
+    """Cross-entropy of ``head(hidden)`` against ``target`` (-100: none) over the target positions
+    only, in chunks whose logits are recomputed in backward (``torch.utils.checkpoint``)."""
+    from torch.utils.checkpoint import checkpoint
+
+    valid = target != -100
+    h, t = hidden[valid], target[valid]
+
+    def part(x, y):
+        logits = head(x).float()
+        return (torch.nn.functional.cross_entropy(logits, y, reduction="sum"),
+                (logits.argmax(-1) == y).sum())
+
+    loss_sum, correct = hidden.new_zeros((), dtype=torch.float32), 0
+    for i in range(0, len(t), CHUNK_POSITIONS):
+        x, y = h[i:i + CHUNK_POSITIONS], t[i:i + CHUNK_POSITIONS]
+        s, c = checkpoint(part, x, y, use_reentrant=False) if torch.is_grad_enabled() \
+            else part(x, y)
+        loss_sum, correct = loss_sum + s, correct + int(c)
+    n = float(len(t))
+    return loss_sum / max(n, 1.0), n, float(correct)
+
+
+def _full_logits_ce(model, batch, start: int, target: torch.Tensor
+                    ) -> tuple[torch.Tensor, float, float]:
+    """The plain path: logits from the first target position on (``logits_to_keep``), the shift
+    applied to the labels so the logits are never copied."""
+    keep = batch["labels"].size(1) - start
     try:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        logits_to_keep=keep).logits
@@ -96,9 +154,6 @@ def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float
             raise
         logits = model(input_ids=batch["input_ids"],
                        attention_mask=batch["attention_mask"]).logits[:, start:]
-    # logits[:, j] is position start + j and predicts labels[:, start + j + 1]; the last predicts
-    # nothing
-    target = torch.nn.functional.pad(labels[:, start + 1:], (0, 1), value=-100)
     logits = logits.float()  # a copy only under bf16 autocast
     loss_sum = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,

@@ -95,9 +95,9 @@ def test_sft_labels_cover_target_and_eos_only(word_tok):
     assert word_tok.decode(learned[:-1]) == target
 
 
-def test_sft_loss_reads_logits_from_the_first_target_position_only(word_tok):
-    """Same loss, token count and gradients as cross-entropy over every position's logits, while
-    the model is asked for logits from the first position that predicts a target token on."""
+def _sft_case(word_tok, scale: float = 1.0):
+    """Two refiner rows, a small random Llama, and the reference: cross-entropy over every
+    position's logits (times ``scale``, a logit scale the model applies after its head)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     rows = [{"prompt": global_prompt(Q, "23 + 45 = 67\n#### 67"), "target": "\n".join(STEPS)},
@@ -107,26 +107,60 @@ def test_sft_loss_reads_logits_from_the_first_target_position_only(word_tok):
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(word_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512))
-    asked = []
-    model.register_forward_pre_hook(lambda m, a, kw: asked.append(kw.get("logits_to_keep")),
-                                    with_kwargs=True)
-
+    if scale != 1.0:
+        def scaled(m, args, out):
+            out.logits = out.logits * scale
+            return out
+        model.register_forward_hook(scaled)
     full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
     want = torch.nn.functional.cross_entropy(full[:, :-1].reshape(-1, full.size(-1)),
                                              labels.reshape(-1), ignore_index=-100)
+    valid = labels != -100
+    want_correct = float(((full[:, :-1].argmax(-1) == labels) & valid).sum())
     want.backward()
     want_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
+    asked = []
+    model.register_forward_pre_hook(lambda m, a, kw: asked.append(kw.get("logits_to_keep")),
+                                    with_kwargs=True)
+    return model, batch, (want, float(valid.sum()), want_correct, want_grads), asked
 
-    loss, n, _ = sft.sft_loss(model, batch)
+
+def _same(model, got, want):
+    loss, n, correct = got
     loss.backward()
-    first_target = int((batch["labels"] != -100).any(0).nonzero()[0])
-    assert asked[-1] == batch["labels"].size(1) - (first_target - 1) < batch["labels"].size(1)
-    assert n == float((labels != -100).sum())
-    assert torch.allclose(loss, want, atol=1e-6)
-    for g, w in zip((p.grad for p in model.parameters()), want_grads):
+    assert n == want[1] and correct == want[2]
+    assert torch.allclose(loss, want[0], atol=1e-6)
+    for g, w in zip((p.grad for p in model.parameters()), want[3]):
         assert torch.allclose(g, w, atol=1e-6)
+
+
+def test_sft_loss_applies_the_head_to_target_positions_in_chunks(word_tok, monkeypatch):
+    """Same loss, token count, correct count and gradients as cross-entropy over every position's
+    logits, while the model computes logits for one position only and the head runs over the
+    target positions a few at a time."""
+    model, batch, want, asked = _sft_case(word_tok)
+    monkeypatch.setattr(sft, "CHUNK_POSITIONS", 5)  # several chunks, the last one partial
+    calls = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, o: calls.append(len(a[0])))
+    _same(model, sft.sft_loss(model, batch), want)
+    assert asked == [1]
+    n = int(want[1])
+    # the model's own head on the last position and the check there (a row each), the chunks in
+    # forward, and again in backward (recomputed, last chunk first)
+    chunks = [5] * (n // 5) + ([n % 5] if n % 5 else [])
+    assert calls == [2, 2] + chunks + chunks[::-1]
+
+
+def test_sft_loss_takes_full_logits_when_the_head_alone_is_not_the_logits(word_tok):
+    """A model that scales its logits after the head (a logit scale, soft-capping): the chunked
+    path would be wrong, so the loss asks for logits from the first target position on."""
+    model, batch, want, asked = _sft_case(word_tok, scale=2.0)
+    _same(model, sft.sft_loss(model, batch), want)
+    first_target = int((batch["labels"] != -100).any(0).nonzero()[0])
+    assert asked == [1, batch["labels"].size(1) - (first_target - 1)]
+    assert asked[-1] < batch["labels"].size(1)
 
 
 def test_step_metrics():
