@@ -77,20 +77,21 @@ def build_refiner(policy: str | Path, dtype: torch.dtype = torch.float32):
     return model
 
 
-# Target positions whose vocabulary-sized logits exist at once (``_chunked_ce``): 512 x 49k
-# (SmolLM2) x 4 bytes = 100 MB, and their gradient, instead of every target position's.
-CHUNK_POSITIONS = 512
+# Logits (positions x vocabulary) that exist at once: 100 MB in fp32, 512 positions of SmolLM2's
+# 49k vocabulary (``_chunked_ce``), and their gradient. Smaller logits are computed whole.
+CHUNK_LOGITS = 512 * 49152
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, float]:
     """Mean token cross-entropy on the targets. Returns (loss, n target tokens, n correct).
 
     The vocabulary-sized logits are the largest tensors of a step (~2 GB of SmolLM2's, 49k
-    vocabulary; docs/performance.md). So the model returns its final hidden states, and the LM
-    head is applied only at target positions, ``CHUNK_POSITIONS`` at a time, each chunk's logits
-    recomputed in backward instead of kept (``_chunked_ce``). A model whose logits are not its
-    head applied to the last hidden state (a logit scale or soft-capping) — checked at the last
-    position —, a model without ``get_output_embeddings`` and ZeRO-3 take ``_full_logits_ce``."""
+    vocabulary; docs/performance.md). Logits larger than ``CHUNK_LOGITS`` are never whole: the
+    model returns its final hidden states, and the LM head is applied only at target positions,
+    a chunk at a time, each chunk's logits recomputed in backward instead of kept
+    (``_chunked_ce``). Smaller ones, a model whose logits are not its head applied to the last
+    hidden state (a logit scale, soft-capping: checked at the last position), a model without
+    ``get_output_embeddings`` and ZeRO-3 take ``_full_logits_ce``."""
     labels = batch["labels"]
     targeted = (labels[:, 1:] != -100).any(0).nonzero()
     start = int(targeted[0]) if len(targeted) else 0  # position t predicts token t + 1
@@ -98,7 +99,8 @@ def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float
     target = torch.nn.functional.pad(labels[:, start + 1:], (0, 1), value=-100)
     head = _output_head(model)
     # ZeRO-3 gathers a weight only inside its module's forward: not into a recomputed chunk
-    if head is not None and not hasattr(head.weight, "ds_id"):
+    if head is not None and not hasattr(head.weight, "ds_id") \
+            and target.numel() * head.weight.shape[0] > CHUNK_LOGITS:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1]
@@ -120,11 +122,12 @@ def _output_head(model):
 def _chunked_ce(head, hidden: torch.Tensor, target: torch.Tensor
                 ) -> tuple[torch.Tensor, float, float]:
     """Cross-entropy of ``head(hidden)`` against ``target`` (-100: none) over the target positions
-    only, in chunks whose logits are recomputed in backward (``torch.utils.checkpoint``)."""
+    only, in chunks of ``CHUNK_LOGITS`` logits, recomputed in backward (``checkpoint``)."""
     from torch.utils.checkpoint import checkpoint
 
     valid = target != -100
     h, t = hidden[valid], target[valid]
+    chunk = max(1, CHUNK_LOGITS // head.weight.shape[0])
 
     def part(x, y):
         logits = head(x).float()
@@ -132,8 +135,8 @@ def _chunked_ce(head, hidden: torch.Tensor, target: torch.Tensor
                 (logits.argmax(-1) == y).sum())
 
     loss_sum, correct = hidden.new_zeros((), dtype=torch.float32), 0
-    for i in range(0, len(t), CHUNK_POSITIONS):
-        x, y = h[i:i + CHUNK_POSITIONS], t[i:i + CHUNK_POSITIONS]
+    for i in range(0, len(t), chunk):
+        x, y = h[i:i + chunk], t[i:i + chunk]
         s, c = checkpoint(part, x, y, use_reentrant=False) if torch.is_grad_enabled() \
             else part(x, y)
         loss_sum, correct = loss_sum + s, correct + int(c)

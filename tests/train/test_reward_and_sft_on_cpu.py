@@ -141,7 +141,8 @@ def test_sft_loss_applies_the_head_to_target_positions_in_chunks(word_tok, monke
     logits, while the model computes logits for one position only and the head runs over the
     target positions a few at a time."""
     model, batch, want, asked = _sft_case(word_tok)
-    monkeypatch.setattr(sft, "CHUNK_POSITIONS", 5)  # several chunks, the last one partial
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(sft, "CHUNK_LOGITS", 5 * vocab)  # chunks of 5 positions, one partial
     calls = []
     model.get_output_embeddings().register_forward_hook(lambda m, a, o: calls.append(len(a[0])))
     _same(model, sft.sft_loss(model, batch), want)
@@ -153,14 +154,19 @@ def test_sft_loss_applies_the_head_to_target_positions_in_chunks(word_tok, monke
     assert calls == [2, 2] + chunks + chunks[::-1]
 
 
-def test_sft_loss_takes_full_logits_when_the_head_alone_is_not_the_logits(word_tok):
-    """A model that scales its logits after the head (a logit scale, soft-capping): the chunked
-    path would be wrong, so the loss asks for logits from the first target position on."""
-    model, batch, want, asked = _sft_case(word_tok, scale=2.0)
+@pytest.mark.parametrize("case", ["small logits", "logit scale"])
+def test_sft_loss_takes_full_logits_from_the_first_target_position(word_tok, monkeypatch, case):
+    """Logits small enough to hold whole are computed in one forward, from the first position
+    that predicts a target token on; so are those of a model that scales its logits after the
+    head (a logit scale, soft-capping), where the chunked path would be wrong."""
+    model, batch, want, asked = _sft_case(word_tok, scale=2.0 if case == "logit scale" else 1.0)
+    if case == "logit scale":
+        monkeypatch.setattr(sft, "CHUNK_LOGITS", 1)
     _same(model, sft.sft_loss(model, batch), want)
     first_target = int((batch["labels"] != -100).any(0).nonzero()[0])
-    assert asked == [1, batch["labels"].size(1) - (first_target - 1)]
-    assert asked[-1] < batch["labels"].size(1)
+    full = batch["labels"].size(1) - (first_target - 1)
+    assert asked == ([1, full] if case == "logit scale" else [full])
+    assert full < batch["labels"].size(1)
 
 
 def test_step_metrics():
