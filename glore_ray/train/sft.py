@@ -77,16 +77,22 @@ def build_refiner(policy: str | Path, dtype: torch.dtype = torch.float32):
     return model
 
 
-# Logits (positions x vocabulary) that exist at once: 100 MB in fp32, 512 positions of SmolLM2's
-# 49k vocabulary (``_chunked_ce``), and their gradient. Smaller logits are computed whole.
+# Logits (positions x vocabulary) that exist at once in ``_chunked_ce``: 100 MB in fp32, 512
+# positions of SmolLM2's 49k vocabulary, and their gradient.
 CHUNK_LOGITS = 512 * 49152
+# Logits computed whole up to 1 GiB in fp32, chunked above. Measured on the bring-your-own-model
+# SFT shape (SmolLM2, 8 x ~300 tokens, ~0.45 GB of logits, gradient checkpointing; one worker,
+# 2 CPUs): chunked, peak RSS 6,147 -> 5,983 MiB but steps 6.16 -> 6.94 s (torchrun) and 7.71 ->
+# 7.94 s (Ray Train) (benchmarks/results/launchers_smollm2_gc{,_chunked}.json): it pays only
+# where logits dwarf the rest (long rows, big batches, GPU memory).
+CHUNK_ABOVE = 2**28
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, float]:
     """Mean token cross-entropy on the targets. Returns (loss, n target tokens, n correct).
 
     The vocabulary-sized logits are the largest tensors of a step (~2 GB of SmolLM2's, 49k
-    vocabulary; docs/performance.md). Logits larger than ``CHUNK_LOGITS`` are never whole: the
+    vocabulary; docs/performance.md). Logits larger than ``CHUNK_ABOVE`` are never whole: the
     model returns its final hidden states, and the LM head is applied only at target positions,
     a chunk at a time, each chunk's logits recomputed in backward instead of kept
     (``_chunked_ce``). Smaller ones, a model whose logits are not its head applied to the last
@@ -100,7 +106,7 @@ def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float
     head = _output_head(model)
     # ZeRO-3 gathers a weight only inside its module's forward: not into a recomputed chunk
     if head is not None and not hasattr(head.weight, "ds_id") \
-            and target.numel() * head.weight.shape[0] > CHUNK_LOGITS:
+            and target.numel() * head.weight.shape[0] > CHUNK_ABOVE:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     output_hidden_states=True, logits_to_keep=1)
         hidden = out.hidden_states[-1]

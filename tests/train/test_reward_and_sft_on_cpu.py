@@ -142,6 +142,7 @@ def test_sft_loss_applies_the_head_to_target_positions_in_chunks(word_tok, monke
     target positions a few at a time."""
     model, batch, want, asked = _sft_case(word_tok)
     vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(sft, "CHUNK_ABOVE", 0)
     monkeypatch.setattr(sft, "CHUNK_LOGITS", 5 * vocab)  # chunks of 5 positions, one partial
     calls = []
     model.get_output_embeddings().register_forward_hook(lambda m, a, o: calls.append(len(a[0])))
@@ -161,7 +162,7 @@ def test_sft_loss_takes_full_logits_from_the_first_target_position(word_tok, mon
     head (a logit scale, soft-capping), where the chunked path would be wrong."""
     model, batch, want, asked = _sft_case(word_tok, scale=2.0 if case == "logit scale" else 1.0)
     if case == "logit scale":
-        monkeypatch.setattr(sft, "CHUNK_LOGITS", 1)
+        monkeypatch.setattr(sft, "CHUNK_ABOVE", 0)
     _same(model, sft.sft_loss(model, batch), want)
     first_target = int((batch["labels"] != -100).any(0).nonzero()[0])
     full = batch["labels"].size(1) - (first_target - 1)
