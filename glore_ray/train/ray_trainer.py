@@ -243,10 +243,9 @@ def _free_gib(folder: str | Path) -> float:
     return shutil.disk_usage(folder).free / 2**30
 
 
-def checkpoint_bytes(spec: LoopSpec) -> int | None:
-    """About the bytes of one resumable checkpoint of ``spec``: fp32 weights, plus, for a full
-    fine-tune, the optimizer's fp32 master copy and two Adam moments (16 bytes a parameter; LoRA
-    trains few). None when the policy is not a local folder of safetensors (a hub id)."""
+def _n_params(spec: LoopSpec) -> int | None:
+    """Parameters of the policy, from its safetensors headers; None when it is not a local folder
+    of safetensors (a hub id)."""
     folder = Path(spec.policy)
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
@@ -257,7 +256,20 @@ def checkpoint_bytes(spec: LoopSpec) -> int | None:
     for f in files:
         with safe_open(str(f), "pt") as h:  # reads the header only
             n += sum(math.prod(h.get_slice(k).get_shape()) for k in h.keys())
-    return n * (4 if spec.lora_rank else 16)
+    return n
+
+
+def _checkpoint_bytes_per_param(spec: LoopSpec) -> int:
+    # fp32 weights, plus, for a full fine-tune, the optimizer's fp32 master copy and two Adam
+    # moments; LoRA trains few parameters
+    return 4 if spec.lora_rank else 16
+
+
+def checkpoint_bytes(spec: LoopSpec) -> int | None:
+    """About the bytes of one resumable checkpoint of ``spec`` (16 bytes a parameter for a full
+    fine-tune, 4 with LoRA). None when the parameter count is unknown (``_n_params``)."""
+    n = _n_params(spec)
+    return None if n is None else n * _checkpoint_bytes_per_param(spec)
 
 
 def check_disk(spec: LoopSpec, storage: Path, out_dir: Path) -> int | None:
@@ -265,10 +277,10 @@ def check_disk(spec: LoopSpec, storage: Path, out_dir: Path) -> int | None:
     workers write a checkpoint to TMPDIR, Ray copies it into ``storage``, the export goes to
     ``out_dir`` (fp32 weights). A lower bound — later checkpoints (two are kept while training)
     need more. Returns the checkpoint estimate (None: unknown, nothing checked)."""
-    ckpt = checkpoint_bytes(spec)
-    if ckpt is None:
+    n = _n_params(spec)
+    if n is None:
         return None
-    weights = ckpt // 4 if spec.lora_rank else ckpt // 16 * 4
+    ckpt, weights = n * _checkpoint_bytes_per_param(spec), 4 * n  # headers read once
     needs: dict[Path, int] = {}
     for folder, size in ((Path(tempfile.gettempdir()), ckpt), (storage, ckpt),
                          (out_dir.parent, weights)):
