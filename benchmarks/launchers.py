@@ -88,27 +88,32 @@ def summarise(history: list[dict], wall_s: float) -> dict:
                 / last["world_size"]),
             "peak_rss_mib_per_worker": round(last["peak_mem_mib"]),
             "rss_before_model_mib": round(last["base_mem_mib"]),
-            "torch_threads": last.get("torch_threads"), "setup_s": round(last["setup_s"], 1),
+            "torch_threads": last.get("torch_threads"), "malloc": last.get("malloc"),
+            "setup_s": round(last["setup_s"], 1),
             "wall_s": round(wall_s, 1)}
 
 
-def run_ray(spec, sets: Path, work: Path, workers: int, cpus: int) -> dict:
+def run_ray(spec, sets: Path, work: Path, workers: int, cpus: int, allocator: str) -> dict:
     from glore_ray.train.ray_trainer import fit
 
     t0 = time.time()
     s = fit(spec, sets / "train.parquet", sets / "eval.parquet", storage=work / "ray",
-            out_dir=work / "out-ray", num_workers=workers, cpus_per_worker=cpus, max_failures=0)
+            out_dir=work / "out-ray", num_workers=workers, cpus_per_worker=cpus, max_failures=0,
+            allocator=allocator)
     return summarise(s["history"], time.time() - t0)
 
 
-def run_torchrun(spec, sets: Path, work: Path, workers: int, cpus: int) -> dict:
+def run_torchrun(spec, sets: Path, work: Path, workers: int, cpus: int, allocator: str) -> dict:
+    from glore_ray.train.ray_trainer import allocator_env
+
     (work / "spec.json").write_text(json.dumps(asdict(spec)))
     out = work / "out-torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(workers), "-m", "glore_ray.train.loop", str(work / "spec.json"),
            str(sets / "train.parquet"), str(sets / "eval.parquet"), str(out)]
     t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": str(cpus)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(cpus), **allocator_env(allocator, spec.name)}
+    subprocess.run(cmd, cwd=REPO, check=True, env=env)
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     return summarise(history, time.time() - t0)
 
@@ -124,8 +129,16 @@ def main() -> int:
     ap.add_argument("--engine", choices=["deepspeed", "ddp"], default="deepspeed",
                     help="ddp: plain torch DDP + AdamW, to tell DeepSpeed's buffers from the rest")
     ap.add_argument("--launchers", default="torchrun,ray")
+    ap.add_argument("--allocator", choices=["system", "jemalloc"], default="system",
+                    help="the workers' malloc under both launchers (train.allocator)")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for both launchers")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="train.bf16 (autocast where the CPU has "
+                    "bf16, as configs/gsm8k-smoke.yaml)")
+    ap.add_argument("--checkpoint-every", type=int, default=10**6,
+                    help="save a resumable checkpoint every N steps (default: never)")
+    ap.add_argument("--longest", action="store_true",
+                    help="train on the longest rows (the peak-memory batches) instead of the first")
     ap.add_argument("--deepspeed", default="{}", help="JSON merged into the DeepSpeed config "
                     "(as train.<model>.deepspeed), e.g. bucket sizes")
     ap.add_argument("--out", type=Path)
@@ -140,28 +153,34 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="glore-bench-launchers-"))
     n_rows = (args.steps + 2) * args.batch_size * args.workers
-    policy, rows = sft_rows(args.model, n_rows + 16)
+    policy, rows = sft_rows(args.model, (8 if args.longest else 1) * (n_rows + 16))
+    if args.longest:  # by characters: close enough to tokens to pick the long tail
+        rows = sorted(rows, key=lambda r: -len(r["prompt"] + r["target"]))[:n_rows + 16]
     sets = work / "sets"
     sets.mkdir()
     pd.DataFrame(rows[:n_rows]).to_parquet(sets / "train.parquet")
     pd.DataFrame(rows[n_rows:]).to_parquet(sets / "eval.parquet")
     spec = LoopSpec(name=f"bench_{args.model}", kind="sft", policy=policy,
                     batch_size=args.batch_size, max_steps=args.steps, epochs=1,
-                    engine=args.engine, zero_stage=args.zero_stage, checkpoint_every=10**6,
+                    engine=args.engine, zero_stage=args.zero_stage, bf16=args.bf16,
+                    checkpoint_every=args.checkpoint_every,
                     log_every=1, warmup_ratio=0.0, deepspeed=json.loads(args.deepspeed),
                     gradient_checkpointing=args.gradient_checkpointing)
     report: dict = {"model": args.model, "policy": policy, "workers": args.workers,
                     "cpus_per_worker": args.cpus_per_worker,
                     "batch_size_per_worker": args.batch_size, "steps": args.steps,
                     "engine": args.engine, "zero_stage": args.zero_stage, "env": args.env,
+                    "allocator": args.allocator,
                     "deepspeed": json.loads(args.deepspeed),
-                    "gradient_checkpointing": args.gradient_checkpointing, "launchers": {}}
+                    "gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16,
+                    "checkpoint_every": args.checkpoint_every, "longest": args.longest,
+                    "launchers": {}}
     runners = {"ray": run_ray, "torchrun": run_torchrun}
     try:
         for name in args.launchers.split(","):
             (work / name).mkdir()
             report["launchers"][name] = runners[name](spec, sets, work / name, args.workers,
-                                                      args.cpus_per_worker)
+                                                      args.cpus_per_worker, args.allocator)
             print(json.dumps({name: report["launchers"][name]}), flush=True)
     finally:  # each launcher's exported model and checkpoints: GBs for SmolLM2
         shutil.rmtree(work, ignore_errors=True)

@@ -47,8 +47,24 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        kwargs["runtime_env"]["worker_process_setup_hook"] = f"{__name__}.quiet_local_worker"
         ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
                  **kwargs)
+
+
+# Ray Train's placement-group cleaner asks the state API every second whether the train
+# controller still lives; the state API is served by the dashboard, which a local cluster here
+# runs without, so every ask fails with a warning that reaches the driver's log (490 lines in one
+# `make demo`). Its only use is removing a dead controller's placement group, which a local
+# cluster's shutdown does anyway.
+PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_local_worker() -> None:
+    """``worker_process_setup_hook`` of the local cluster's workers (see ``PG_CLEANER_LOGGER``)."""
+    import logging
+
+    logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -149,6 +149,19 @@ def bf16_fallback_note(spec: LoopSpec) -> str | None:
     return None
 
 
+def one_worker_zero_note(spec: LoopSpec, world: int) -> str | None:
+    """The line a fit prints when ZeRO partitions across one worker: nothing to split, and ZeRO-1/2
+    keep a second fp32 copy of the weights. SmolLM2-135M SFT under Ray Train, one worker, bf16
+    autocast, longest GSM8K rows: peak RSS 6.6 GiB at ZeRO-2 vs 5.5 GiB at ZeRO-0
+    (docs/performance.md); the same model (tests/train/test_loop_torchrun_on_cpu.py)."""
+    if world == 1 and spec.engine == "deepspeed" and spec.zero_stage in (1, 2) \
+            and not spec.offload_optimizer:
+        return (f"[{spec.name}] train.zero_stage={spec.zero_stage} on one worker partitions "
+                f"nothing and keeps a second fp32 copy of the weights: train.zero_stage=0 trains "
+                f"the same model in less memory")
+    return None
+
+
 def autocast(spec: LoopSpec):
     """bf16 compute under the DDP engine (DeepSpeed casts inside its own forward, see
     ``deepspeed_config``); weights, gradients and the optimizer stay fp32."""
@@ -324,6 +337,14 @@ def _all_reduce(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
     return t.tolist()
 
 
+@functools.cache
+def malloc_name() -> str:
+    """``jemalloc`` when this process runs with it preloaded (``train.allocator``), else
+    ``system``: reported with the metrics, so a run's memory figures say which malloc they had."""
+    with open("/proc/self/maps") as maps:
+        return "jemalloc" if any("libjemalloc" in line for line in maps) else "system"
+
+
 def peak_mem_mib() -> float:
     """This process's peak memory: GPU allocations on GPU, else peak RSS (Linux ru_maxrss, KiB)."""
     if torch.cuda.is_available():
@@ -395,8 +416,9 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
     torch.manual_seed(spec.seed)
     task = Task(spec)
     train_ex, eval_ex = task.encode(train_rows), task.encode(eval_rows)
-    if rank == 0 and (note := bf16_fallback_note(spec)):
-        hooks.log(note)
+    for note in (bf16_fallback_note(spec), one_worker_zero_note(spec, world)):
+        if rank == 0 and note:
+            hooks.log(note)
 
     # Every rank must run the same number of micro-steps (collectives inside each step).
     min_rows = int(_all_reduce([len(train_ex)], dist.ReduceOp.MIN)[0])
@@ -449,7 +471,7 @@ def train(spec: LoopSpec, train_rows: Sequence[dict], eval_rows: Sequence[dict],
              "peak_mem_mib": _all_reduce([peak_mem_mib()], dist.ReduceOp.MAX)[0],
              "base_mem_mib": base_mem, "cpu_user_s": user_s, "cpu_sys_s": sys_s,
              "minor_faults": faults, "torch_threads": torch.get_num_threads(),
-             "hooks_s": hooks_s}
+             "malloc": malloc_name(), "hooks_s": hooks_s}
         acc.update(loss=0.0, n=0, tokens=0)
         t_last = now
         return {**m, **(extra or {})}

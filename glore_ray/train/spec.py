@@ -20,7 +20,7 @@ LOOP_FIELDS = ("warmup_ratio", "weight_decay", "engine", "zero_stage", "offload_
                "deepspeed", "checkpoint_every", "log_every", "max_len", "gradient_checkpointing")
 # Train-section fields passed by name to ``ray_trainer.fit``: the workers and the eval split.
 FIT_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "resources_per_worker", "max_failures",
-              "eval_fraction", "keep_checkpoints")
+              "eval_fraction", "keep_checkpoints", "allocator")
 # Everything a fine-tune reads from the train section besides its own model's fields.
 SHARED_FIELDS = LOOP_FIELDS + FIT_FIELDS
 

@@ -32,7 +32,7 @@ def policy(request, tmp_path_factory) -> Path:
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, policy, tmp_path, monkeypatch):
     from benchmarks._helpers import write_synthetic_sets
     from glore_ray.train.loop import LoopSpec
-    from glore_ray.train.ray_trainer import FAIL_AT_ENV, FAIL_MARKER_ENV, fit
+    from glore_ray.train.ray_trainer import FAIL_AT_ENV, FAIL_MARKER_ENV, find_jemalloc, fit
 
     sets = write_synthetic_sets(tmp_path / "sets", 24)
     marker = tmp_path / "killed"
@@ -41,7 +41,8 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, policy, tmp_path,
     spec = LoopSpec(name="orm", kind="reward", policy=str(policy), epochs=3, batch_size=8,
                     max_steps=5, checkpoint_every=2, log_every=1, zero_stage=2)
     s = fit(spec, sets["orm"] / "train.parquet", sets["orm"] / "eval.parquet",
-            storage=tmp_path / "ray", out_dir=tmp_path / "orm", num_workers=2, max_failures=1)
+            storage=tmp_path / "ray", out_dir=tmp_path / "orm", num_workers=2, max_failures=1,
+            allocator="auto")
     assert marker.exists()  # the last rank really died after step 3
     steps = [(h["step"], h["resumed_from"]) for h in s["history"]]
     first_run = [st for st, r in steps if r == -1]
@@ -49,10 +50,18 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, policy, tmp_path,
     assert first_run == [1, 2, 3]  # step 3 was reported, then the worker exited
     assert second_run and second_run[0] == 3  # continued after the step-2 checkpoint, not from 0
     assert s["final"]["step"] == 5 and s["restarts"] == 1
+    # train.allocator=auto preloads jemalloc into the workers where the node has it
+    assert {h["malloc"] for h in s["history"]} == {"jemalloc" if find_jemalloc() else "system"}
     assert (tmp_path / "orm" / "config.json").exists()
     # the fit is done: its resumable checkpoints are gone, its metrics stay
     run_dir = tmp_path / "ray" / "orm"
     assert (run_dir / "metrics.jsonl").exists() and not list(run_dir.glob("step_*"))
+    # Ray Train's placement-group cleaner asked the (absent) state API every second of the fit,
+    # a warning each time; the local cluster's workers mute it (ray_env.quiet_local_worker)
+    logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    assert list(logs.glob("worker-*.err"))
+    assert not [f.name for f in logs.glob("worker-*.err")
+                if "Failed to query Ray Train Controller" in f.read_text(errors="replace")]
 
 
 @pytest.mark.parametrize("eval_rows", [0, 1])

@@ -233,6 +233,17 @@ def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_and_says_so(monkeypatch):
     assert bf16_fallback_note(dataclasses.replace(spec, bf16=False)) is None
 
 
+def test_zero_on_one_worker_says_zero0_would_do():
+    from glore_ray.train.loop import LoopSpec, one_worker_zero_note
+
+    spec = LoopSpec(name="policy", kind="sft", policy="-", zero_stage=2)
+    assert "train.zero_stage=0" in one_worker_zero_note(spec, world=1)
+    assert one_worker_zero_note(spec, world=2) is None  # two ranks: ZeRO-2 halves the states
+    for quiet in (dataclasses.replace(spec, zero_stage=0), dataclasses.replace(spec, engine="ddp"),
+                  dataclasses.replace(spec, offload_optimizer=True)):  # offload is a reason
+        assert one_worker_zero_note(quiet, world=1) is None
+
+
 def test_synthetic_sets_match_the_label_stage_format(tmp_path):
     import pandas as pd
 
