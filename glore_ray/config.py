@@ -276,7 +276,7 @@ class TrainConfig(_Strict):
     engine: Literal["deepspeed", "ddp"] = "deepspeed"  # ddp = plain torch DDP (benchmark baseline)
     resources_per_worker: dict[str, float] = knob({})  # extra Ray resources/worker (CPU, GPU above)
     # malloc of the train workers, preloaded through their runtime env. jemalloc on the SmolLM2
-    # SFT under Ray Train: peak RSS 5.6 -> 4.4 GiB (ZeRO-0) and 6.8 -> 5.2 GiB (ZeRO-2); on the
+    # SFT under Ray Train: peak RSS 5.5 -> 4.3 GiB (ZeRO-0) and 6.6 -> 5.0 GiB (ZeRO-2); on the
     # 0.9M tiny policy no gain (870 vs 845 MiB) and a step possibly slower (docs/performance.md),
     # hence system by default. auto: jemalloc where this node has libjemalloc.so.2
     # (Debian/Ubuntu: libjemalloc2), else glibc's, said once per fine-tune; jemalloc: or an error.
